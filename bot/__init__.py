@@ -1,0 +1,1 @@
+"""Composition root: settings, wiring, storage, booking backends, the pipeline, server, worker and CLI."""

@@ -1,0 +1,1 @@
+"""Booking backends: one interface (:mod:`bot.booking.base`), one module per backend."""

@@ -1,0 +1,234 @@
+"""``bookingbot`` command line (also ``python -m bot``). DESIGN section 5 lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bot.config import check_config, config_path, load_config
+from bot.exceptions import ConfigError
+from bot.settings import Settings
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_config(config_path(args.config))
+
+
+def _now(value: str | None) -> datetime:
+    moment = datetime.fromisoformat(value) if value else datetime.now(UTC)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--now {value!r} needs a UTC offset, e.g. 2026-11-23T09:00:00+00:00")
+    return moment
+
+
+async def cmd_check_config(args: argparse.Namespace) -> int:
+    problems = check_config(config_path(args.config))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{config_path(args.config)}: ok")
+    return 1 if problems else 0
+
+
+async def cmd_extract(args: argparse.Namespace) -> int:
+    from bot.runtime import tenant_profile
+    from dialogs.extract import ExtractContext, extract_all
+
+    settings = _settings(args)
+    if args.tenant not in settings.tenants:
+        print(f"unknown tenant {args.tenant!r} (configured: {', '.join(settings.tenants)})", file=sys.stderr)
+        return 2
+    profile = tenant_profile(args.tenant, settings.tenants[args.tenant])
+    ctx = ExtractContext(
+        now=_now(args.now),
+        tz=profile.tz,
+        locale=profile.locale,
+        services=profile.services,
+        default_region=profile.default_region,
+    )
+    print(json.dumps(extract_all(args.text, ctx), ensure_ascii=False))
+    return 0
+
+
+async def cmd_graph(args: argparse.Namespace) -> int:
+    from dialogs.graph import to_dot, to_mermaid
+    from dialogs.loader import builtin_template
+
+    settings = _settings(args)
+    if args.tenant not in settings.tenants:
+        print(f"unknown tenant {args.tenant!r} (configured: {', '.join(settings.tenants)})", file=sys.stderr)
+        return 2
+    template = builtin_template(settings.tenants[args.tenant].dialog.template)
+    if args.format == "mermaid":
+        print(to_mermaid(template))
+        return 0
+    dot = shutil.which("dot")
+    if dot is None:
+        print(
+            "--format svg needs Graphviz (`dot`); install it (apt-get install graphviz) or use mermaid", file=sys.stderr
+        )
+        return 2
+    svg = subprocess.run([dot, "-Tsvg"], input=to_dot(template), capture_output=True, text=True, check=True)
+    sys.stdout.write(svg.stdout)
+    return 0
+
+
+async def cmd_chat(args: argparse.Namespace) -> int:
+    from bot.terminal import chat
+
+    return await chat(
+        _settings(args),
+        tenant=args.tenant,
+        channel=args.channel,
+        user=args.user,
+        now=_now(args.now) if args.now else None,
+    )
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    from bot.replay import Replayer, update_fixture
+    from bot.runtime import Runtime
+
+    paths = _fixture_paths(args.paths)
+    if not paths:
+        print("no fixtures found in " + " ".join(args.paths), file=sys.stderr)
+        return 2
+    runtime = await Runtime.start(_settings(args))
+    passed = failed = 0
+    try:
+        replayer = Replayer(runtime)
+        for path in paths:
+            result = await replayer.run(path)
+            if args.update and result.observed:
+                update_fixture(path, result)
+            if result.passed or args.update:
+                passed += 1
+                continue
+            failed += 1
+            print(f"FAIL {path}", file=sys.stderr)
+            for failure in result.failures:
+                print(f"  {failure}", file=sys.stderr)
+    finally:
+        await runtime.aclose()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def _fixture_paths(items: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        paths.extend(sorted(path.rglob("*.yaml")) if path.is_dir() else [path])
+    return paths
+
+
+async def cmd_export(args: argparse.Namespace) -> int:
+    from bot.export import export_fixture
+    from bot.runtime import Runtime
+
+    settings = _settings(args)
+    tenant, _, conversation = args.conversation.rpartition("/")
+    tenant = tenant or args.tenant or next(iter(settings.tenants))
+    runtime = await Runtime.start(settings)
+    try:
+        text = await export_fixture(runtime, tenant, conversation)
+    finally:
+        await runtime.aclose()
+    if text is None:
+        print(f"no messages logged for conversation {conversation!r} of tenant {tenant!r}", file=sys.stderr)
+        return 1
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.server import serve
+
+    in_process = True if args.workers_inprocess else None
+    return await serve(_settings(args), host=args.host, port=args.port, in_process=in_process)
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from bot.worker import run_worker
+
+    return await run_worker(_settings(args))
+
+
+async def cmd_set_webhooks(args: argparse.Namespace) -> int:
+    from bot.channelset import set_webhooks
+
+    return await set_webhooks(_settings(args), args.base_url, tenant=args.tenant)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bookingbot", description="booking-bot engine")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: $BOOKINGBOT_CONFIG or ./config.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    command("check-config", cmd_check_config, "validate config and dialogs")
+    p = command("extract", cmd_extract, "print the slots found in a text, as JSON")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--now", help="ISO time with offset (default: now)")
+    p = command("graph", cmd_graph, "draw a tenant's dialog as a state diagram")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--format", choices=["mermaid", "svg"], default="mermaid")
+    p = command("chat", cmd_chat, "talk to the engine in the terminal")
+    p.add_argument("--tenant", default="demo")
+    p.add_argument("--channel", default="terminal", choices=["terminal", "telegram", "whatsapp", "vk", "web"])
+    p.add_argument("--user", help="continue this user's conversation (default: a new one)")
+    p.add_argument("--now", help="freeze the clock at this ISO time with offset")
+    p = command("replay", cmd_replay, "run conversation fixtures")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--update", action="store_true", help="rewrite expectations from current behaviour")
+    p = command("export", cmd_export, "write a logged conversation as a replay fixture")
+    p.add_argument("--conversation", required=True, help="[tenant/]channel:user")
+    p.add_argument("--tenant")
+    p.add_argument("--out", help="file to write (default: stdout)")
+    p = command("serve", cmd_serve, "run the webhook server and the web chat")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers-inprocess", action="store_true",
+                   help="run drains in this process (always so without redis_url)")
+    command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
+    p = command("set-webhooks", cmd_set_webhooks, "register the webhook URLs with Telegram, WhatsApp and VK")
+    p.add_argument("--tenant", help="only this tenant (default: all)")
+    p.add_argument("--base-url", required=True, help="public base URL of `bookingbot serve`")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        command: Command = args.func
+        return asyncio.run(command(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except argparse.ArgumentTypeError as exc:
+        print(f"bookingbot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

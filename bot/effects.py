@@ -1,0 +1,75 @@
+"""Carry out the engine's effects against the tenant's booking backend and report outcomes back.
+
+Every effect is idempotent: a booking is keyed by (conversation, service, start), so a redriven message that
+books again gets the booking it already made instead of a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Literal
+
+from bot.booking.base import Booking, BookRequest
+from bot.exceptions import BackendUnavailable, BookingNotFound, SlotTaken
+from bot.messagelog import MessageLog
+from bot.runtime import Tenant
+from dialogs.model import (
+    BookSlot,
+    CancelBooking,
+    Effect,
+    EffectOutcome,
+    Handoff,
+    RescheduleBooking,
+    SyncCustomer,
+)
+from dialogs.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+async def execute(effect: Effect, tenant: Tenant, session: Session, log: MessageLog) -> EffectOutcome | None:
+    """Run one effect. Returns the outcome the dialog must react to, or ``None`` for fire-and-forget ones."""
+    match effect:
+        case BookSlot():
+            return await _book(effect, tenant, session)
+        case CancelBooking():
+            return await _guarded("cancel", tenant.calendar.cancel(effect.booking_id))
+        case RescheduleBooking():
+            return await _guarded("reschedule", tenant.calendar.reschedule(effect.booking_id, effect.start))
+        case SyncCustomer():
+            # The erxes outbox arrives with the CRM issue; until then the customer lives in our own table.
+            await log.record_customer(tenant.id, session.conversation, session.conversation.partition(":")[0],
+                                      name=effect.name, phone=effect.phone, email=effect.email)
+            return None
+        case Handoff():
+            logger.warning(
+                "handoff requested: tenant=%s conversation=%s reason=%s", tenant.id, session.conversation, effect.reason
+            )
+            return None
+
+
+async def _book(effect: BookSlot, tenant: Tenant, session: Session) -> EffectOutcome:
+    request = BookRequest(
+        key=effect.key,
+        customer=session.customer,
+        service=effect.service,
+        start=effect.start,
+        name=effect.name,
+        phone=effect.phone,
+        email=effect.email,
+    )
+    return await _guarded("book", tenant.calendar.book(request))
+
+
+async def _guarded(kind: Literal["book", "cancel", "reschedule"], call: Awaitable[Booking]) -> EffectOutcome:
+    """Map the backend's outcome to what the dialog understands; infrastructure errors propagate (job retry)."""
+    try:
+        booking = await call
+    except SlotTaken:
+        return EffectOutcome(effect=kind, ok=False, reason="taken")
+    except BookingNotFound:
+        return EffectOutcome(effect=kind, ok=False, reason="not_found")
+    except BackendUnavailable:
+        return EffectOutcome(effect=kind, ok=False, reason="failed")
+    return EffectOutcome(effect=kind, ok=True, booking_id=booking.id)

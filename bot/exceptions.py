@@ -1,0 +1,54 @@
+"""The one exception tree of :mod:`bot`.
+
+    BotError
+    ├── ConfigError              config.yaml is invalid (``problems``: ``file:line: message`` items)
+    ├── StorageError             Redis or SQL failed in a way the caller cannot fix
+    │   └── ConcurrentUpdate     a session was saved by someone else since it was loaded
+    ├── BookingError             the booking backend refused or failed
+    │   ├── SlotTaken            the slot is no longer free (someone else booked it first)
+    │   ├── BookingNotFound      no such booking (or it belongs to another tenant)
+    │   └── BackendUnavailable   the backend could not be reached after retries
+    └── DeliveryFailed           a reply could not be sent after every attempt (the drain job retries)
+"""
+
+from __future__ import annotations
+
+from dialogs.exceptions import Problem
+
+
+class BotError(Exception):
+    """Root of every error raised by :mod:`bot`."""
+
+
+class ConfigError(BotError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StorageError(BotError):
+    pass
+
+
+class ConcurrentUpdate(StorageError):
+    pass
+
+
+class BookingError(BotError):
+    pass
+
+
+class SlotTaken(BookingError):
+    pass
+
+
+class BookingNotFound(BookingError):
+    pass
+
+
+class BackendUnavailable(BookingError):
+    pass
+
+
+class DeliveryFailed(BotError):
+    pass

@@ -1,0 +1,97 @@
+"""One inbound message through the dialog: the work half of DESIGN section 2 (the worker runs this).
+
+load session -> engine.step -> effects (and the engine's reaction to their outcomes) -> save -> message log.
+The caller owns ordering (the inbox lease) and delivery of the returned replies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bot import effects
+from bot.messagelog import LoggedMessage
+from bot.runtime import Runtime, Tenant
+from channels.base import InboundMessage, OutboundMessage, OutButton
+from dialogs.model import Reply, StepResult, UserInput
+from dialogs.session import Session
+
+
+@dataclass
+class Turn:
+    """What one inbound message produced."""
+
+    session: Session
+    replies: list[Reply] = field(default_factory=list)
+    duplicate: bool = False  # the message was already processed (a redriven inbox head)
+
+    def outbound(self, msg: InboundMessage) -> list[OutboundMessage]:
+        return [
+            OutboundMessage(
+                tenant=msg.tenant,
+                channel=msg.channel,
+                user_id=msg.user_id,
+                chat_id=msg.chat_id,
+                text=reply.text,
+                buttons=tuple(OutButton(label=b.label, data=b.value) for b in reply.buttons),
+                event_id=msg.event_id,
+                index=index,
+            )
+            for index, reply in enumerate(self.replies)
+        ]
+
+
+class Pipeline:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def handle(self, msg: InboundMessage, now: datetime) -> Turn:
+        tenant = self.rt.tenant(msg.tenant)
+        session = await self.rt.sessions.load(msg.tenant, msg.conversation)
+        if session is None:
+            session = tenant.engine.new_session(msg.conversation, customer=msg.conversation)
+        elif session.last_event == msg.event_id:
+            return Turn(session, duplicate=True)
+        pressed = next((b.label for b in session.offered if msg.button and b.value == msg.button), None)
+        turn = Turn(session)
+        user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone)
+        await self._apply(turn, tenant, await tenant.engine.step(session, user_input, now, tenant.calendar), now)
+        session.last_event = msg.event_id
+        await self.rt.sessions.save(session)
+        self._log(msg, turn, now, pressed)
+        return turn
+
+    async def _apply(self, turn: Turn, tenant: Tenant, result: StepResult, now: datetime) -> None:
+        """Collect replies, running effects; an effect's outcome may make the engine say more (and act again)."""
+        turn.replies.extend(result.replies)
+        for effect in result.effects:
+            outcome = await effects.execute(effect, tenant, turn.session, self.rt.log)
+            if outcome is not None:
+                reaction = await tenant.engine.resolve(turn.session, outcome, now, tenant.calendar)
+                await self._apply(turn, tenant, reaction, now)
+
+    def _log(self, msg: InboundMessage, turn: Turn, now: datetime, pressed: str | None) -> None:
+        """Log the inbound message and the replies, each with the dialog state after the turn (for export).
+
+        A pressed button is logged with its label as the text, so an exported fixture can ``press:`` it.
+        """
+        inbound = LoggedMessage(
+            tenant=msg.tenant,
+            conversation=msg.conversation,
+            channel=msg.channel,
+            direction="in",
+            at=now,
+            text=pressed or msg.text,
+            button=msg.button,
+            voice=msg.voice.id if msg.voice else None,
+            phone=msg.phone,
+            state=turn.session.state,
+            event_id=msg.event_id,
+        )
+        self.rt.log.add(inbound)
+        for reply in turn.replies:
+            self.rt.log.add(
+                inbound.model_copy(
+                    update={"direction": "out", "text": reply.text, "button": None, "voice": None, "phone": None}
+                )
+            )

@@ -1,0 +1,140 @@
+"""Service wiring and lifecycle: one :class:`Runtime` per process holds every long-lived client.
+
+Built from :class:`bot.settings.Settings`; ``start()`` connects Redis (embedded when no URL is set), the
+database (SQLite under ``data_dir`` when no URL is set) and migrates it, and builds one :class:`Tenant` per
+configured tenant (its dialog engine, built once, and its booking backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from redis.asyncio import Redis
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot import db, keys, tables
+from bot import redis as redis_conn
+from bot.booking.base import BookingBackend
+from bot.booking.local import LocalCalendar
+from bot.exceptions import ConfigError
+from bot.inbox import Inbox
+from bot.messagelog import MessageLog
+from bot.sessions import SessionStore
+from bot.settings import Settings, TenantConfig
+from dialogs.engine import Engine
+from dialogs.exceptions import Problem
+from dialogs.loader import builtin_template
+from dialogs.ports import ServiceInfo, TenantProfile
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    config: TenantConfig
+    profile: TenantProfile
+    engine: Engine
+    calendar: BookingBackend
+
+
+def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
+    services = tuple(
+        ServiceInfo(id=s.id, label=s.label, minutes=s.minutes, synonyms=tuple(s.synonyms)) for s in cfg.services
+    )
+    return TenantProfile(
+        id=tenant_id,
+        name=cfg.name,
+        locale=cfg.locale,
+        timezone=cfg.timezone,
+        services=services,
+        default_region=cfg.phone_region,
+        template=cfg.dialog.template,
+        texts=cfg.dialog.texts,
+        horizon_days=cfg.booking.horizon_days,
+    )
+
+
+def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
+    overrides = {name: (o.required, o.validators) for name, o in cfg.dialog.slots.items()}
+    return Engine(
+        builtin_template(cfg.dialog.template),
+        profile,
+        max_attempts=cfg.dialog.max_attempts,
+        slot_overrides=overrides,
+    )
+
+
+def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tenant:
+    """A tenant's profile, dialog engine and booking backend, from its config."""
+    profile = tenant_profile(tenant_id, cfg)
+    calendar = LocalCalendar(
+        engine,
+        tenant_id,
+        ZoneInfo(cfg.timezone),
+        cfg.hours,
+        {s.id: s.minutes for s in cfg.services},
+        cfg.booking.slot_step,
+        cfg.booking.horizon_days,
+    )
+    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar)
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    return f"sqlite+aiosqlite:///{Path(settings.data_dir).resolve() / 'bookingbot.db'}"
+
+
+class Runtime:
+    def __init__(self, settings: Settings, redis: Redis, engine: AsyncEngine, log: MessageLog) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.db = engine
+        self.log = log
+        self.sessions = SessionStore(redis, ttl_seconds=settings.session_ttl_days * 86400)
+        self.inbox = Inbox(redis)
+        self.tenants: dict[str, Tenant] = {}
+        for tenant_id, cfg in settings.tenants.items():
+            self.add_tenant(tenant_id, cfg)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+        url = database_url(settings)
+        await db.migrate(url)
+        engine = db.make_engine(url)
+        redis = await redis_conn.connect(settings.redis_url, settings.data_dir)
+        log = MessageLog(engine)
+        await log.start()
+        return cls(settings, redis, engine, log)
+
+    def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
+        """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
+        tenant = build_tenant(tenant_id, cfg, self.db)
+        self.tenants[tenant_id] = tenant
+        return tenant
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        try:
+            return self.tenants[tenant_id]
+        except KeyError:
+            known = ", ".join(sorted(self.tenants))
+            raise ConfigError([Problem("<cli>", 0, f"unknown tenant {tenant_id!r} (configured: {known})")]) from None
+
+    async def drop_tenant(self, tenant_id: str) -> None:
+        """Forget a tenant and delete all its data: rows in every table and every Redis key (replay, bench)."""
+        self.tenants.pop(tenant_id, None)
+        await self.log.flush()
+        async with self.db.begin() as conn:
+            for table in tables.TENANT_TABLES:
+                await conn.execute(delete(table).where(table.c.tenant == tenant_id))
+        async for key in self.redis.scan_iter(match=keys.tenant_pattern(tenant_id), count=500):
+            await self.redis.delete(key)
+
+    async def aclose(self) -> None:
+        await self.log.aclose()
+        await redis_conn.close(self.redis)
+        await self.db.dispose()

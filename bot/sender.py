@@ -1,0 +1,237 @@
+"""Outbound sends from the worker: rate limits, retries with backoff, and no reply sent twice.
+
+* Rate limits are shared by every worker process through one Redis script (GCRA over several scopes, e.g.
+  the chat and the bot): a send takes a slot when every scope allows it, else waits as long as the script
+  says and asks again - nothing is dropped.
+* A send that fails transiently (:class:`RetryLater`: 429, 5xx, timeout) is retried with exponential
+  backoff and full jitter, honouring the provider's ``retry_after``; after ``attempts`` tries it is logged,
+  counted and raised as :class:`DeliveryFailed` so the drain job retries later.
+* :class:`Unreachable` (the user blocked the bot) marks the conversation unreachable: nothing more is sent to
+  it until the user writes again. :class:`PermanentSendError` is logged and counted, not retried.
+* Each delivered reply is recorded under ``keys.sent`` (event id + reply index) before the next one is sent,
+  so a retried job resumes after the last delivered reply. A crash between the provider accepting a message
+  and that record is the one window where a reply can repeat (VK alone is immune: its ``random_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from bot import keys, metrics
+from bot.exceptions import DeliveryFailed
+from channels.base import ChannelName, InboundMessage, OutboundMessage
+from channels.exceptions import PermanentSendError, RetryLater, SendError, Unreachable
+from channels.ratelimit import LIMITS, RateLimit
+
+log = logging.getLogger(__name__)
+
+SENT_TTL_S = 7 * 86400  # as long as a provider may redeliver the inbound event
+UNREACHABLE_TTL_S = 180 * 86400
+
+
+class Outlet(Protocol):
+    """A channel as the sender sees it (an adapter, or the web chat outbox)."""
+
+    async def send(self, msg: OutboundMessage) -> None: ...
+
+    async def ack_button(self, msg: InboundMessage) -> None: ...
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``rate`` sends per second, of which ``burst`` may go back to back."""
+
+    rate: float
+    burst: int
+
+    @property
+    def interval_ms(self) -> int:
+        return max(1, round(1000 / self.rate))
+
+    @property
+    def tolerance_ms(self) -> int:
+        return (self.burst - 1) * self.interval_ms
+
+
+def _limit(limit: RateLimit) -> Limit:
+    """The provider's documented rate (channels.ratelimit) with a small burst: a reply of up to three messages
+    goes out at once in a chat, and an account's burst is a third of its per-second count, so a burst plus
+    the steady rate stays near the provider's figure."""
+    burst = 3 if limit.scope == "chat" else max(1, limit.count // 3)
+    return Limit(rate=limit.count / limit.per_seconds, burst=burst)
+
+
+def limits_for(channel: ChannelName, chat: str) -> list[tuple[str, Limit]]:
+    """The rate scopes a call to ``channel`` about ``chat`` counts against, as (scope name, limit)."""
+    return [(f"chat:{chat}" if lim.scope == "chat" else "account", _limit(lim)) for lim in LIMITS[channel]]
+
+
+# KEYS: one per scope, each holding its theoretical arrival time (TAT, ms). ARGV: interval_ms, tolerance_ms
+# per key. Takes one send from every scope if all allow it now (returns 0); otherwise takes nothing and
+# returns the ms until they would. Nothing is reserved ahead: a slow chat never holds up the account scope.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait = 0
+local tats = {}
+for i, key in ipairs(KEYS) do
+  local tat = math.max(tonumber(redis.call('GET', key) or now), now)
+  tats[i] = tat
+  wait = math.max(wait, tat - tonumber(ARGV[2 * i]) - now)
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  local next_tat = tats[i] + tonumber(ARGV[2 * i - 1])
+  redis.call('SET', key, next_tat, 'PX', next_tat - now + 1000)
+end
+return 0
+"""
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis) -> None:
+        self._take = redis.register_script(_TAKE)
+
+    async def try_take(self, tenant: str, channel: str, scopes: Sequence[tuple[str, Limit]]) -> float:
+        """Take one send from every scope: 0 when taken, else the seconds to wait before trying again."""
+        if not scopes:
+            return 0.0
+        names = [keys.rate(tenant, channel, scope) for scope, _ in scopes]
+        args = [v for _, limit in scopes for v in (limit.interval_ms, limit.tolerance_ms)]
+        return int(await self._take(keys=names, args=args)) / 1000
+
+    async def take(self, tenant: str, channel: str, scopes: Sequence[tuple[str, Limit]]) -> float:
+        """Wait until every scope allows one more send, and take it; returns the seconds waited."""
+        waited = 0.0
+        while wait := await self.try_take(tenant, channel, scopes):
+            await asyncio.sleep(wait)
+            waited += wait
+        return waited
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter for the ``attempt``-th retry (0-based)."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class Sender:
+    def __init__(
+        self,
+        redis: Redis,
+        channel_for: Callable[[str, str], Outlet],
+        *,
+        attempts: int = 5,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,  # spends the retry backoffs
+    ) -> None:
+        self._redis = redis
+        self._channel_for = channel_for
+        self._limiter = RateLimiter(redis)
+        self._attempts = attempts
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._sleep = sleep
+
+    async def deliver(self, replies: Sequence[OutboundMessage]) -> None:
+        """Send the replies to one inbound event in order, skipping those already delivered.
+
+        Raises :class:`DeliveryFailed` when a reply still fails after every attempt (later ones are not sent,
+        so the order holds when the job retries).
+        """
+        if not replies:
+            return
+        first = replies[0]
+        conversation = f"{first.channel}:{first.user_id}"
+        sent_key = keys.sent(first.tenant, conversation, first.event_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.unreachable(first.tenant, conversation))
+            pipe.smembers(sent_key)
+            blocked, done = await pipe.execute()
+        if blocked:
+            metrics.SENDS.labels(first.channel, "unreachable").inc(len(replies))
+            return
+        for reply in replies:
+            if str(reply.index) in done:
+                continue
+            if not await self._send(reply):
+                await self._mark_unreachable(reply, conversation)
+                return
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(sent_key, str(reply.index))
+                pipe.expire(sent_key, SENT_TTL_S)
+                await pipe.execute()
+
+    async def ack(self, msg: InboundMessage) -> None:
+        """Acknowledge a pressed button (see ``Channel.ack_button``). Counted against the account's rate; a
+        failure is logged, never retried: the reply that follows matters more than the spinner."""
+        scopes = [s for s in limits_for(msg.channel, msg.chat_id or msg.user_id) if s[0] == "account"]
+        await self._limiter.take(msg.tenant, msg.channel, scopes)
+        try:
+            await self._channel_for(msg.tenant, msg.channel).ack_button(msg)
+        except SendError as exc:
+            log.warning("%s/%s: button press not acknowledged on %s: %s", msg.tenant, msg.user_id, msg.channel, exc)
+            metrics.SENDS.labels(msg.channel, "ack_failed").inc()
+
+    async def _send(self, reply: OutboundMessage) -> bool:
+        """One reply through the rate limits and retries; False when the user is unreachable."""
+        channel = self._channel_for(reply.tenant, reply.channel)
+        for attempt in range(self._attempts):
+            try:
+                return await self._attempt(channel, reply)
+            except RetryLater as exc:
+                failure = exc
+                if attempt + 1 < self._attempts:
+                    metrics.SEND_RETRIES.labels(reply.channel).inc()
+                    await self._sleep(exc.retry_after or backoff(attempt, self._base_delay, self._max_delay))
+        log.error(
+            "%s/%s reply %s to %s failed after %d attempts: %s",
+            reply.tenant,
+            reply.user_id,
+            reply.index,
+            reply.channel,
+            self._attempts,
+            failure,
+        )
+        metrics.SENDS.labels(reply.channel, "failed").inc()
+        raise DeliveryFailed(f"{reply.channel} send failed after {self._attempts} attempts: {failure}") from failure
+
+    async def _attempt(self, channel: Outlet, reply: OutboundMessage) -> bool:
+        scopes = limits_for(reply.channel, reply.chat_id or reply.user_id)
+        waited = await self._limiter.take(reply.tenant, reply.channel, scopes)
+        if waited:
+            metrics.RATE_WAIT_SECONDS.labels(reply.channel).inc(waited)
+        try:
+            await channel.send(reply)
+        except Unreachable:
+            return False
+        except PermanentSendError as exc:
+            log.error(
+                "%s/%s reply %s refused by %s: %s",
+                reply.tenant,
+                reply.user_id,
+                reply.index,
+                reply.channel,
+                exc,
+            )
+            metrics.SENDS.labels(reply.channel, "refused").inc()
+            return True
+        metrics.SENDS.labels(reply.channel, "sent").inc()
+        return True
+
+    async def _mark_unreachable(self, reply: OutboundMessage, conversation: str) -> None:
+        log.warning(
+            "%s/%s is unreachable on %s: not sending until they write again",
+            reply.tenant,
+            reply.user_id,
+            reply.channel,
+        )
+        metrics.SENDS.labels(reply.channel, "unreachable").inc()
+        await self._redis.set(keys.unreachable(reply.tenant, conversation), "1", ex=UNREACHABLE_TTL_S)

@@ -1,0 +1,318 @@
+"""The HTTP server (FastAPI): provider webhooks, the web chat, health and metrics.
+
+Routes::
+
+    POST /webhooks/telegram/{tenant}    GET + POST /webhooks/whatsapp/{tenant}    POST /webhooks/vk/{tenant}
+    GET  /chat/{tenant}                 POST /chat/{tenant}/messages              GET /chat/{tenant}/messages
+    GET  /health                        GET  /health/ready                        GET /metrics
+
+A webhook is verified with the URL's tenant's secret, parsed, and each message handed to
+:meth:`bot.ingest.Ingest.accept` (one Redis round trip); the work happens in a drain (see :mod:`bot.worker`).
+Input errors never give a 500:
+
+=====================================================  ==========================================
+malformed body, bad query                              400
+Telegram secret header wrong or missing                401
+WhatsApp ``X-Hub-Signature-256`` wrong or missing      401 (the GET handshake's wrong token: 403)
+VK ``secret`` wrong (or another community's event)     403 (VK puts the secret in the body)
+unknown tenant, channel not configured for the tenant  404
+body over 1 MB (``Content-Length`` or streamed)        413
+update type we do not handle                           200, ignored
+Redis unreachable                                      503 (the provider redelivers later)
+=====================================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from redis.exceptions import RedisError
+from sqlalchemy import text
+
+from bot import metrics
+from bot.channelset import ChannelNotConfigured
+from bot.ingest import Accepted, InProcess
+from bot.runtime import Runtime
+from bot.settings import Settings
+from bot.webchat import MAX_WAIT_S
+from bot.worker import Services, freeze_startup_objects
+from channels import web
+from channels.base import Channel
+from channels.exceptions import BadPayload, BadSignature
+from channels.whatsapp import WhatsAppChannel
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+READY_TIMEOUT_S = 2.0
+BAD_SIGNATURE_STATUS = {"telegram": 401, "whatsapp": 401, "vk": 403}
+_USER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_PAGE = """<!doctype html><meta charset="utf-8"><title>{name}</title>
+<p>Web chat of <b>{name}</b>: the page is on its way; its API is <code>/chat/{tenant}/messages</code>.</p>
+"""
+
+
+class _Refused(Exception):
+    """A request refused with ``status`` (never logged as an error: it is the client's mistake)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class _State:
+    services: Services | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def ready(self) -> Services:
+        if self.services is None:
+            raise _Refused(503, "starting up")
+        return self.services
+
+
+def create_app(settings: Settings, *, services: Services | None = None, in_process: bool | None = None) -> FastAPI:
+    """The app. Without ``services`` it starts its own :class:`Runtime` on startup (closed on shutdown);
+    ``in_process`` (default: embedded mode, i.e. no ``redis_url``) runs drains in this process."""
+    state = _State(services)
+    run_in_process = settings.redis_url is None if in_process is None else in_process
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = state.services is None
+        if owned:
+            state.services = Services.build(await Runtime.start(settings), in_process=run_in_process)
+        await _start(state)
+        try:
+            yield
+        finally:
+            await _stop(state, owned)
+
+    app = FastAPI(title="bookingbot", lifespan=lifespan, docs_url=None, redoc_url=None)
+    _webhook_routes(app, state)
+    _chat_routes(app, state)
+    _ops_routes(app, state)
+    return app
+
+
+async def _start(state: _State) -> None:
+    services = state.ready
+    # Not awaited: the server answers webhooks (and /health/ready its 503) even while Redis is down.
+    state.tasks.append(asyncio.create_task(services.webchat.listen()))
+    scheduler = services.ingest.scheduler
+    if isinstance(scheduler, InProcess):
+        recovered = await scheduler.recover(services.runtime.redis, list(services.runtime.tenants))
+        if recovered:
+            log.info("restarted %d drains left scheduled by a previous run", recovered)
+
+
+async def _stop(state: _State, owned: bool) -> None:
+    for task in state.tasks:
+        task.cancel()
+    await asyncio.gather(*state.tasks, return_exceptions=True)
+    state.tasks.clear()
+    if owned and state.services is not None:
+        await state.services.aclose()
+        await state.services.runtime.aclose()
+        state.services = None
+
+
+def _refusal(exc: _Refused) -> Response:
+    return JSONResponse({"error": exc.detail}, status_code=exc.status)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise _Refused(400, "bad Content-Length")
+    if declared is not None and int(declared) > MAX_BODY:
+        raise _Refused(413, "body over 1 MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _Refused(413, "body over 1 MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _adapter(services: Services, tenant: str, channel: str) -> Channel:
+    try:
+        return services.channels.webhook(tenant, channel)
+    except ChannelNotConfigured as exc:
+        raise _Refused(404, str(exc)) from None
+
+
+async def _accept_webhook(state: _State, request: Request, channel: str) -> Response:
+    services = state.ready
+    tenant = request.path_params["tenant"]
+    adapter = _adapter(services, tenant, channel)
+    body = await _read_body(request)
+    try:
+        adapter.verify(request.headers, body)
+        parsed = adapter.parse(tenant, body)
+    except BadSignature as exc:
+        raise _Refused(BAD_SIGNATURE_STATUS[channel], str(exc)) from None
+    except BadPayload as exc:
+        raise _Refused(400, str(exc)) from None
+    for msg in parsed.messages:
+        outcome = await services.ingest.accept(msg)
+        metrics.INGESTED.labels(channel, outcome.name.lower()).inc()
+    return PlainTextResponse(parsed.reply or "ok")
+
+
+def _webhook_routes(app: FastAPI, state: _State) -> None:
+    """Plain Starlette routes: the fast path skips FastAPI's parameter machinery (microseconds count)."""
+
+    def endpoint(channel: str) -> Callable[[Request], Awaitable[Response]]:
+        async def receive(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await _accept_webhook(state, request, channel)
+            except _Refused as exc:
+                response = _refusal(exc)
+            except RedisError as exc:
+                log.error("webhook %s not accepted, Redis failed: %s", channel, exc)
+                response = _refusal(_Refused(503, "storage unavailable, retry later"))
+            metrics.WEBHOOKS.labels(channel, str(response.status_code)).inc()
+            metrics.ACK_SECONDS.labels(channel).observe(time.perf_counter() - started)
+            return response
+
+        return receive
+
+    async def whatsapp_handshake(request: Request) -> Response:
+        try:
+            adapter = _adapter(state.ready, request.path_params["tenant"], "whatsapp")
+            assert isinstance(adapter, WhatsAppChannel)
+            return PlainTextResponse(adapter.verify_subscription(request.query_params))
+        except _Refused as exc:
+            return _refusal(exc)
+        except BadSignature as exc:
+            return _refusal(_Refused(403, str(exc)))
+        except BadPayload as exc:
+            return _refusal(_Refused(400, str(exc)))
+
+    for channel in ("telegram", "whatsapp", "vk"):
+        app.router.add_route(f"/webhooks/{channel}/{{tenant}}", endpoint(channel), methods=["POST"])
+    app.router.add_route("/webhooks/whatsapp/{tenant}", whatsapp_handshake, methods=["GET"])
+
+
+def _chat_routes(app: FastAPI, state: _State) -> None:
+    def known(tenant: str) -> Services:
+        services = state.ready
+        if tenant not in services.runtime.tenants:
+            raise _Refused(404, f"unknown tenant {tenant!r}")
+        return services
+
+    @app.get("/chat/{tenant}", response_class=HTMLResponse)
+    async def page(tenant: str) -> Response:
+        try:
+            services = known(tenant)
+        except _Refused as exc:
+            return _refusal(exc)
+        name = services.runtime.settings.tenants[tenant].name
+        return HTMLResponse(_PAGE.format(name=name, tenant=tenant))
+
+    @app.post("/chat/{tenant}/messages")
+    async def post_message(tenant: str, request: Request) -> Response:
+        try:
+            services = known(tenant)
+            try:
+                parsed = web.parse(tenant, await _read_body(request))
+            except BadPayload as exc:
+                raise _Refused(400, str(exc)) from None
+            msg = parsed.messages[0]
+            outcome = await services.ingest.accept(msg)
+        except _Refused as exc:
+            return _refusal(exc)
+        except RedisError as exc:
+            log.error("web chat message not accepted, Redis failed: %s", exc)
+            return _refusal(_Refused(503, "storage unavailable, retry later"))
+        metrics.INGESTED.labels("web", outcome.name.lower()).inc()
+        body = {"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}
+        return JSONResponse(body, status_code=202)
+
+    @app.get("/chat/{tenant}/messages")
+    async def get_messages(tenant: str, request: Request) -> Response:
+        try:
+            services = known(tenant)
+            user_id, after, wait_s = _poll_params(request)
+            replies = await services.webchat.wait(tenant, user_id, after, wait_s)
+        except _Refused as exc:
+            return _refusal(exc)
+        except RedisError as exc:
+            log.error("web chat poll failed, Redis failed: %s", exc)
+            return _refusal(_Refused(503, "storage unavailable, retry later"))
+        last = replies[-1].index if replies else after
+        return JSONResponse({"replies": [r.model_dump() for r in replies], "last": last})
+
+
+def _poll_params(request: Request) -> tuple[str, int, float]:
+    params = request.query_params
+    user_id = params.get("user_id", "")
+    if not _USER_ID.match(user_id):
+        raise _Refused(400, "user_id: 1-64 of A-Z a-z 0-9 _ . : -")
+    try:
+        after = int(params.get("after", "0"))
+        wait_s = float(params.get("wait", str(MAX_WAIT_S)))
+    except ValueError:
+        raise _Refused(400, "after must be an integer and wait a number of seconds") from None
+    if after < 0 or not 0 <= wait_s <= MAX_WAIT_S:
+        raise _Refused(400, f"after must be >= 0 and wait within 0-{MAX_WAIT_S:g}")
+    return user_id, after, wait_s
+
+
+def _ops_routes(app: FastAPI, state: _State) -> None:
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        checks = {"redis": "ok", "database": "ok"}
+        services = state.services
+        if services is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            await asyncio.wait_for(services.runtime.redis.ping(), READY_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError) as exc:
+            checks["redis"] = f"down: {exc!r}"
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S), services.runtime.db.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means "not ready"; the detail goes to the operator
+            checks["database"] = f"down: {exc!r}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "down", **checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+
+async def serve(settings: Settings, *, host: str, port: int, in_process: bool | None = None) -> int:
+    """``bookingbot serve``: uvicorn on ``host:port`` until interrupted."""
+    import uvicorn
+
+    app = create_app(settings, in_process=in_process)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    mode = "drains in this process" if (settings.redis_url is None or in_process) else "drains by `bookingbot worker`"
+    print(f"bookingbot on http://{shown}:{port} ({mode})", flush=True)
+    for tenant in settings.tenants:
+        print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
+    freeze_startup_objects()
+    await uvicorn.Server(config).serve()
+    return 0

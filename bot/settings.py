@@ -1,0 +1,174 @@
+"""The configuration schema: ``config.yaml`` (+ environment) loaded into pydantic models.
+
+Loading, ``${VAR}`` interpolation and ``file:line`` error reporting live in :mod:`bot.config`; this module is
+only the shape, so that every part of ``bot`` reads one typed object.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from itertools import pairwise
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))$")
+
+
+def did_you_mean(word: str, options: Iterable[str], *, else_list: bool = True) -> str:
+    """`` (did you mean 'x'?)`` for the closest option, else all of them (unless ``else_list`` is off)."""
+    choices = sorted(options)
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(choices)})" if else_list and choices else ""
+
+
+def hours_range(value: str) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` as (start, end) minutes after midnight; ``24:00`` is allowed as an end."""
+    match = _RANGE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not HH:MM-HH:MM")
+    h1, m1, h2, m2, h24, m24 = match.groups()
+    return int(h1) * 60 + int(m1), int(h2 or h24) * 60 + int(m2 or m24)
+
+
+def _weekday(value: str) -> str:
+    if value not in WEEKDAYS:
+        raise ValueError(f"unknown weekday {value!r}{did_you_mean(value, WEEKDAYS)}")
+    return value
+
+
+def _opening(value: str) -> str:
+    start, end = hours_range(value)
+    if end <= start:
+        raise ValueError(f"{value!r} ends before it starts")
+    return value
+
+
+def _no_overlap(ranges: list[str]) -> list[str]:
+    ordered = sorted(ranges, key=hours_range)
+    for before, after in pairwise(ordered):
+        if hours_range(after)[0] < hours_range(before)[1]:
+            raise ValueError(f"{after!r} overlaps {before!r}")
+    return ranges
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        hint = did_you_mean(value, available_timezones(), else_list=False)
+        raise ValueError(f"unknown timezone {value!r}{hint}") from None
+    return value
+
+
+def _matching(pattern: str, rule: str) -> AfterValidator:
+    """A validator that a whole string matches ``pattern``, whose error says the ``rule`` in words."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"{value!r} is invalid: {rule}")
+        return value
+
+    return AfterValidator(check)
+
+
+# Tenant ids go into webhook URLs and Redis keys (``bb:{tenant}:...``), so no ':', '/', '*' or spaces.
+TenantId = Annotated[str, _matching(r"[A-Za-z0-9][A-Za-z0-9_-]*", "use letters, digits, '-' and '_'")]
+ServiceId = Annotated[str, _matching(r"[a-z0-9_-]+", "use lowercase letters, digits, '-' and '_'")]
+CountryCode = Annotated[str, _matching(r"[A-Z]{2}", "use a two-letter country code in capitals, like GB")]
+Weekday = Annotated[str, AfterValidator(_weekday)]
+DayHours = Annotated[list[Annotated[str, AfterValidator(_opening)]], AfterValidator(_no_overlap)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServiceConfig(Model):
+    id: ServiceId
+    label: str
+    minutes: int = Field(gt=0, le=24 * 60)
+    synonyms: list[str] = Field(default_factory=list)
+
+
+class BookingConfig(Model):
+    backend: Literal["local"] = "local"  # "calcom" arrives with the cal.com issue
+    slot_step: int = Field(default=30, gt=0, le=24 * 60, description="minutes between offered start times")
+    horizon_days: int = Field(default=30, gt=0, le=366, description="how far ahead customers may book")
+
+
+class SlotOverride(Model):
+    required: bool | None = None
+    validators: list[str] | None = None
+
+
+class DialogConfig(Model):
+    template: str = "booking"
+    texts: dict[str, str] = Field(default_factory=dict, description="overrides of the template's texts")
+    slots: dict[str, SlotOverride] = Field(default_factory=dict)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+
+class TelegramConfig(Model):
+    token: str
+    webhook_secret: str
+    api_base: str = "https://api.telegram.org"
+
+
+class WhatsAppConfig(Model):
+    phone_number_id: str
+    access_token: str
+    app_secret: str
+    verify_token: str
+    graph_base: str = "https://graph.facebook.com"
+    graph_version: str = "v21.0"
+
+
+class VKConfig(Model):
+    group_id: int
+    access_token: str
+    secret: str
+    confirmation: str
+    api_base: str = "https://api.vk.com/method"
+    api_version: str = "5.199"
+
+
+class ChannelsConfig(Model):
+    telegram: TelegramConfig | None = None
+    whatsapp: WhatsAppConfig | None = None
+    vk: VKConfig | None = None
+
+
+class TenantConfig(Model):
+    name: str
+    locale: Literal["en", "ru"] = "en"
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    phone_region: CountryCode = "GB"
+    hours: dict[Weekday, DayHours] = Field(
+        description="weekday -> ['HH:MM-HH:MM', ...] (no overlaps); a missing day is closed"
+    )
+    services: list[ServiceConfig] = Field(min_length=1)
+    booking: BookingConfig = Field(default_factory=BookingConfig)
+    dialog: DialogConfig = Field(default_factory=DialogConfig)
+    channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+
+
+class Settings(Model):
+    redis_url: str | None = Field(default=None, description="unset: an embedded Redis under data_dir")
+    database_url: str | None = Field(default=None, description="unset: SQLite under data_dir")
+    data_dir: str = "./var"
+    session_ttl_days: int = Field(default=30, gt=0)
+    tenants: dict[TenantId, TenantConfig] = Field(min_length=1)
+
+    @field_validator("redis_url", "database_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `${REDIS_URL:-}` expands to "" when the variable is unset: that means "use the embedded default".
+        return None if value == "" else value

@@ -1,0 +1,107 @@
+"""The web chat's delivery side: a per-user outbox in Redis, long-polled by the chat page.
+
+The worker "sends" a web reply by appending it to the user's outbox (a list) and publishing the user on the
+tenant's pub/sub channel; every server process keeps one pattern subscription (:meth:`WebChat.listen`) that
+wakes the long polls waiting for that user. A reply's ``index`` is its position in the outbox, from 1, so the
+page asks for ``after=<last index seen>`` and never misses or repeats a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot import keys
+from channels.base import InboundMessage, OutboundMessage
+from channels.web import WebButton, WebReply, render
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 25.0  # below the usual 30 s proxy timeouts
+_RECONNECT_S = 1.0
+
+
+class ChatReply(BaseModel):
+    index: int  # position in the user's outbox, from 1
+    text: str
+    buttons: list[WebButton] = Field(default_factory=list)
+
+
+class WebChat:
+    """The ``web`` channel's outlet (``send``), and the page's reads (``replies``, ``wait``)."""
+
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
+
+    async def send(self, msg: OutboundMessage) -> None:
+        outbox = keys.webchat_outbox(msg.tenant, msg.user_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(outbox, render(msg).model_dump_json())
+            pipe.expire(outbox, self._ttl_s)
+            pipe.publish(keys.webchat_events(msg.tenant), json.dumps([msg.tenant, msg.user_id]))
+            await pipe.execute()
+
+    async def ack_button(self, msg: InboundMessage) -> None:
+        """Nothing to acknowledge: the page disables a keyboard itself once a button is pressed."""
+
+    async def replies(self, tenant: str, user_id: str, after: int) -> list[ChatReply]:
+        """The user's replies with an index above ``after``."""
+        start = max(after, 0)
+        raw: list[str] = await self._redis.lrange(keys.webchat_outbox(tenant, user_id), start, -1)  # type: ignore[misc]
+        replies = (WebReply.model_validate_json(item) for item in raw)
+        return [ChatReply(index=n, text=r.text, buttons=r.buttons) for n, r in enumerate(replies, start + 1)]
+
+    async def wait(self, tenant: str, user_id: str, after: int, wait_s: float) -> list[ChatReply]:
+        """Like :meth:`replies`, but waits up to ``wait_s`` seconds for a first new reply."""
+        found = await self.replies(tenant, user_id, after)
+        if found or wait_s <= 0:
+            return found
+        event = asyncio.Event()
+        waiters = self._waiters.setdefault((tenant, user_id), set())
+        waiters.add(event)
+        try:
+            # Looked again once registered: a reply published between the first read and now is not missed.
+            found = await self.replies(tenant, user_id, after)
+            if found:
+                return found
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(wait_s, MAX_WAIT_S))
+            return await self.replies(tenant, user_id, after)
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop((tenant, user_id), None)
+
+    async def listen(self) -> None:
+        """Wake long polls on every tenant's outbox events; runs until cancelled, reconnects after errors."""
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.psubscribe(keys.WEBCHAT_EVENTS_PATTERN)
+                    self._wake_all()  # anything published while (re)connecting is read by the woken polls
+                    async for message in pubsub.listen():
+                        self._wake(message.get("data"))
+            except RedisError as exc:
+                log.warning("web chat event subscription lost (%s); reconnecting", exc)
+                await asyncio.sleep(_RECONNECT_S)
+
+    def _wake(self, data: object) -> None:
+        try:
+            tenant, user_id = json.loads(str(data))
+        except (ValueError, TypeError):
+            return
+        for event in self._waiters.get((str(tenant), str(user_id)), ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()

@@ -1,0 +1,73 @@
+"""What the engine needs from the outside, as data (:class:`TenantProfile`) and ports (:class:`CalendarPort`).
+
+``bot/`` builds a :class:`TenantProfile` from the config and passes a booking backend that satisfies
+:class:`CalendarPort`; the engine only reads through it. Writes go out as effects.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServiceInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    label: str  # in the tenant's locale
+    minutes: int
+    synonyms: tuple[str, ...] = ()
+
+
+class TenantProfile(BaseModel):
+    """Everything about a tenant that the dialog engine reads."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    id: str
+    name: str
+    locale: str  # "en" | "ru"
+    timezone: str
+    services: tuple[ServiceInfo, ...]
+    default_region: str = "GB"  # for phone numbers without a country code
+    template: str = "booking"
+    texts: dict[str, str] = Field(default_factory=dict)  # per-tenant overrides of template texts
+    horizon_days: int = 60  # how far ahead customers may book (the booking backend's horizon)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def service(self, service_id: str) -> ServiceInfo | None:
+        return next((s for s in self.services if s.id == service_id), None)
+
+
+class BookingView(BaseModel):
+    """A customer's booking as the dialog shows it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    service: str
+    start: datetime  # aware, in the tenant's timezone
+    minutes: int
+
+
+class CalendarPort(Protocol):
+    """Read side of a booking backend, as the engine sees it."""
+
+    async def free_slots(self, service: str, day_from: date, day_to: date, now: datetime) -> list[datetime]:
+        """Free start times (aware, tenant timezone) for ``service`` on days ``day_from..day_to`` inclusive,
+        ascending. Times before ``now`` are never returned."""
+        ...
+
+    async def is_open(self, day: date) -> bool:
+        """Whether the business works at all on ``day`` (closed days get a different answer than full ones)."""
+        ...
+
+    async def customer_bookings(self, customer: str) -> list[BookingView]:
+        """The customer's active future bookings, ascending by start."""
+        ...

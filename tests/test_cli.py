@@ -1,0 +1,122 @@
+"""The command line as a user runs it: subprocesses, embedded mode on a fresh data dir, real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = "2026-11-23T09:00:00+00:00"
+
+
+def run(
+    args: list[str], *, stdin: str = "", env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: int = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    """A fresh machine: no REDIS_URL / DATABASE_URL, data under a new directory."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["BOOKINGBOT_DATA_DIR"] = str(tmp_path / "var")
+    env["BOOKINGBOT_CONFIG"] = str(ROOT / "config.yaml")
+    return env
+
+
+def test_piped_chat_books_in_embedded_mode(embedded_env: dict[str, str], tmp_path: Path) -> None:
+    script = "hi\nhaircut tomorrow at 5pm\nJohn\n+447700900123\nyes\n"
+    out = run(["chat", "--tenant", "demo", "--now", NOW], stdin=script, env=embedded_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[0] == "> hi"
+    assert "> yes" in lines
+    assert "17:00" in out.stdout.split("> yes", 1)[1]
+    assert (tmp_path / "var").is_dir()
+
+
+def test_chat_button_by_number(embedded_env: dict[str, str], tmp_path: Path) -> None:
+    out = run(["chat", "--tenant", "demo", "--now", NOW], stdin="hi\n1\ntomorrow\n1\n", env=embedded_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    after = out.stdout.split("> 1", 2)
+    assert len(after) == 3  # both "1"s were echoed and answered
+
+
+def test_extract_prints_slots() -> None:
+    out = run(["extract", "--tenant", "demo", "--text", "haircut tomorrow at 5pm, I'm John", "--now", NOW])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"service": "haircut", "date": "2026-11-24", "time": "17:00", "name": "John"}
+
+
+def test_extract_ru() -> None:
+    out = run(["extract", "--tenant", "demo-ru", "--text", "маникюр в пятницу в 15:00", "--now", NOW])
+    assert json.loads(out.stdout) == {"service": "manicure", "date": "2026-11-27", "time": "15:00"}
+
+
+def test_check_config_ok_and_bad(tmp_path: Path) -> None:
+    assert run(["check-config", "--config", str(ROOT / "config.yaml")]).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "config.yaml").read_text().replace("Europe/London", "Europe/Londn", 1))
+    out = run(["check-config", "--config", str(bad)])
+    assert out.returncode == 1
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if "Europe/Londn" in t)
+    assert f"{bad}:{line}:" in out.stderr and "Europe/Londn" in out.stderr
+
+
+def test_graph_mermaid() -> None:
+    out = run(["graph", "--tenant", "demo"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("stateDiagram-v2")
+    for state in ("ask_service", "ask_time", "confirm", "booked", "cancel_confirm", "handoff"):
+        assert state in out.stdout
+
+
+def test_unknown_tenant_is_a_clear_error() -> None:
+    out = run(["extract", "--tenant", "nope", "--text", "x"])
+    assert out.returncode == 2 and "unknown tenant 'nope'" in out.stderr
+
+
+def _private_tenant_config(tmp_path: Path) -> tuple[Path, str]:
+    """The shipped config with the demo tenant renamed, so this run's bookings meet no earlier run's."""
+    yaml = YAML()
+    doc = yaml.load((ROOT / "config.yaml").read_text())
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    doc["tenants"][tenant] = doc["tenants"].pop("demo")
+    path = tmp_path / "config.yaml"
+    with path.open("w") as out:
+        yaml.dump(doc, out)
+    return path, tenant
+
+
+def test_export_then_replay_round_trip(services_env: dict[str, str], tmp_path: Path) -> None:
+    config, tenant = _private_tenant_config(tmp_path)
+    env = {**os.environ, **services_env, "BOOKINGBOT_CONFIG": str(config)}
+    user = "lucy"
+    script = "hi\nmanicure tomorrow at 2pm\nLucy\n+447700900444\nyes\n"
+    chat = run(["chat", "--tenant", tenant, "--user", user, "--now", NOW], stdin=script, env=env)
+    assert chat.returncode == 0, chat.stderr
+    fixture = tmp_path / "exported.yaml"
+    out = run(["export", "--conversation", f"{tenant}/terminal:{user}", "--out", str(fixture)], env=env)
+    assert out.returncode == 0, out.stderr
+    text = fixture.read_text()
+    assert "state: booked" in text and "manicure" in text
+    replay = run(["replay", str(fixture)], env=env)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert replay.stdout.strip().endswith("1 passed, 0 failed")
