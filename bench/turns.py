@@ -49,26 +49,33 @@ class Stats:
         return f"| {name} | {conversations} | {self.per_second:,.0f} | {self.pct(0.50):.2f} | {self.pct(0.99):.2f} |"
 
 
-async def _conversation(pipeline: Pipeline, tenant: Tenant, index: int, latencies: list[float]) -> None:
-    user = f"bench-{index}"
+async def _conversation(pipeline: Pipeline, tenant: Tenant, user: str, latencies: list[float]) -> None:
     for turn, text in enumerate(TURNS):
         msg = InboundMessage(tenant=tenant.id, channel="telegram", user_id=user, event_id=f"{user}-{turn}", text=text)
         started = time.perf_counter()
         result = await pipeline.handle(msg, NOW)
         latencies.append(time.perf_counter() - started)
     if result.session.state != "confirm" or result.session.slots != EXPECTED_DATA:
-        raise AssertionError(f"conversation {index} ended in {result.session.state} with {result.session.slots}")
+        raise AssertionError(f"{user} ended in {result.session.state} with {result.session.slots}")
 
 
 async def run_bookingbot(runtime: Runtime, conversations: int) -> Stats:
+    """``conversations`` customers at once, each through the 6 turns; repeated for ``_rounds`` rounds.
+
+    One tenant (a fresh alias of ``demo``) serves every round, as a long-running tenant would; each round's
+    customers are new, so every conversation starts from an empty session.
+    """
     pipeline = Pipeline(runtime)
+    tenant = runtime.add_tenant(f"bench~{uuid.uuid4().hex[:8]}", runtime.tenant("demo").config)
     latencies: list[float] = []
     seconds = 0.0
-    for _ in range(_rounds(conversations)):
-        tenant = runtime.add_tenant(f"bench~{uuid.uuid4().hex[:8]}", runtime.tenant("demo").config)
-        started = time.perf_counter()
-        await asyncio.gather(*(_conversation(pipeline, tenant, i, latencies) for i in range(conversations)))
-        seconds += time.perf_counter() - started
+    try:
+        for round_ in range(_rounds(conversations)):
+            users = [f"bench-{round_}-{i}" for i in range(conversations)]
+            started = time.perf_counter()
+            await asyncio.gather(*(_conversation(pipeline, tenant, user, latencies) for user in users))
+            seconds += time.perf_counter() - started
+    finally:
         await runtime.drop_tenant(tenant.id)
     return Stats(len(latencies), seconds, latencies)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from bot.exceptions import ChannelNotConfigured
 from bot.sender import Outlet
 from bot.settings import ChannelsConfig, Settings
 from bot.webchat import WebChat
@@ -17,12 +18,6 @@ from channels.exceptions import SendError
 from channels.telegram import TelegramChannel, TelegramSettings
 from channels.vk import VKChannel, VKSettings
 from channels.whatsapp import WhatsAppChannel, WhatsAppSettings
-
-WEBHOOK_CHANNELS = ("telegram", "whatsapp", "vk")
-
-
-class ChannelNotConfigured(LookupError):
-    pass
 
 
 def build(config: ChannelsConfig) -> dict[str, Channel]:
@@ -54,12 +49,6 @@ class ChannelSet:
         if channel == "web":
             return self.webchat
         return self.webhook(tenant, channel)
-
-    def configured(self, tenant: str) -> dict[str, Channel]:
-        return dict(self._channels.get(tenant, {}))
-
-    def has_tenant(self, tenant: str) -> bool:
-        return tenant in self._channels
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for chans in self._channels.values() for c in chans.values()))

@@ -51,7 +51,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An engine for ``url`` (``postgresql://``, ``postgresql+asyncpg://``, ``sqlite:///``, ``sqlite+aiosqlite:///``)."""
     target = async_url(url)
     if target.get_backend_name() == "postgresql":
-        return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # No pre-ping: it costs a round trip per checkout on the hot path; a dropped connection surfaces as a
+        # disconnect error, SQLAlchemy invalidates the pool, and the job that hit it is retried.
+        return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
     if target.database and target.database != ":memory:" and not target.database.startswith("file:"):
         Path(target.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(target)

@@ -1,14 +1,15 @@
 """The one exception tree of :mod:`bot`.
 
-    BotError
-    ├── ConfigError              config.yaml is invalid (``problems``: ``file:line: message`` items)
-    ├── StorageError             Redis or SQL failed in a way the caller cannot fix
-    │   └── ConcurrentUpdate     a session was saved by someone else since it was loaded
-    ├── BookingError             the booking backend refused or failed
-    │   ├── SlotTaken            the slot is no longer free (someone else booked it first)
-    │   ├── BookingNotFound      no such booking (or it belongs to another tenant)
-    │   └── BackendUnavailable   the backend could not be reached after retries
-    └── DeliveryFailed           a reply could not be sent after every attempt (the drain job retries)
+BotError
+├── ConfigError              config.yaml is invalid (``problems``: ``file:line: message`` items)
+├── StorageError             Redis or SQL failed in a way the caller cannot fix
+│   └── ConcurrentUpdate     a session was saved by someone else since it was loaded
+├── BookingError             the booking backend refused or failed
+│   ├── SlotTaken            the slot is no longer free (someone else booked it first)
+│   ├── BookingNotFound      no such booking (or it belongs to another tenant)
+│   └── BackendUnavailable   the backend could not be reached after retries
+├── DeliveryFailed           a reply could not be sent after every attempt (the drain job retries)
+└── ChannelNotConfigured     a tenant has no account on that channel (a webhook's 404)
 """
 
 from __future__ import annotations
@@ -51,4 +52,8 @@ class BackendUnavailable(BookingError):
 
 
 class DeliveryFailed(BotError):
+    pass
+
+
+class ChannelNotConfigured(BotError):
     pass

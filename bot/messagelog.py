@@ -167,13 +167,16 @@ class MessageLog:
             {"tenant": t, "id": c, "channel": ch, "user_id": _user_id(c, ch), "created_at": first}
             for (t, c), (ch, first, _last) in ordered
         ]
-        await conn.execute(dialect_insert(conn, CUSTOMERS).values(customers).on_conflict_do_nothing())
+        # executemany form (rows as parameters, not .values(rows)): compiled once and cached, whatever the batch size
+        await conn.execute(dialect_insert(conn, CUSTOMERS).on_conflict_do_nothing(), customers)
         conversations = [
             {"tenant": t, "id": c, "customer": c, "channel": ch, "started_at": first, "last_at": last}
             for (t, c), (ch, first, last) in ordered
         ]
-        stmt = dialect_insert(conn, CONVERSATIONS).values(conversations)
+        stmt = dialect_insert(conn, CONVERSATIONS)
         later = case(
             (stmt.excluded.last_at > CONVERSATIONS.c.last_at, stmt.excluded.last_at), else_=CONVERSATIONS.c.last_at
         )
-        await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant", "id"], set_={"last_at": later}))
+        await conn.execute(
+            stmt.on_conflict_do_update(index_elements=["tenant", "id"], set_={"last_at": later}), conversations
+        )

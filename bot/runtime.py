@@ -78,6 +78,7 @@ def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tena
         {s.id: s.minutes for s in cfg.services},
         cfg.booking.slot_step,
         cfg.booking.horizon_days,
+        cache_seconds=cfg.booking.availability_cache_seconds,
     )
     return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar)
 

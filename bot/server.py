@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -38,7 +40,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from bot import metrics
-from bot.channelset import ChannelNotConfigured
+from bot.exceptions import ChannelNotConfigured
 from bot.ingest import Accepted, InProcess
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -55,9 +57,13 @@ MAX_BODY = 1024 * 1024
 READY_TIMEOUT_S = 2.0
 BAD_SIGNATURE_STATUS = {"telegram": 401, "whatsapp": 401, "vk": 403}
 _USER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_PAGE = """<!doctype html><meta charset="utf-8"><title>{name}</title>
-<p>Web chat of <b>{name}</b>: the page is on its way; its API is <code>/chat/{tenant}/messages</code>.</p>
-"""
+_PAGE = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def _chat_page(fills: dict[str, str]) -> str:
+    """The chat page with its ``{{placeholders}}`` filled, HTML-escaped, in one pass."""
+    return _PLACEHOLDER.sub(lambda m: html.escape(fills[m[1]]), _PAGE)
 
 
 class _Refused(Exception):
@@ -74,8 +80,8 @@ class _State:
     services: Services | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    @property
-    def ready(self) -> Services:
+    def require(self) -> Services:
+        """The services, or a 503 while the app starts up."""
         if self.services is None:
             raise _Refused(503, "starting up")
         return self.services
@@ -106,7 +112,7 @@ def create_app(settings: Settings, *, services: Services | None = None, in_proce
 
 
 async def _start(state: _State) -> None:
-    services = state.ready
+    services = state.require()
     # Not awaited: the server answers webhooks (and /health/ready its 503) even while Redis is down.
     state.tasks.append(asyncio.create_task(services.webchat.listen()))
     scheduler = services.ingest.scheduler
@@ -155,7 +161,7 @@ def _adapter(services: Services, tenant: str, channel: str) -> Channel:
 
 
 async def _accept_webhook(state: _State, request: Request, channel: str) -> Response:
-    services = state.ready
+    services = state.require()
     tenant = request.path_params["tenant"]
     adapter = _adapter(services, tenant, channel)
     body = await _read_body(request)
@@ -193,7 +199,7 @@ def _webhook_routes(app: FastAPI, state: _State) -> None:
 
     async def whatsapp_handshake(request: Request) -> Response:
         try:
-            adapter = _adapter(state.ready, request.path_params["tenant"], "whatsapp")
+            adapter = _adapter(state.require(), request.path_params["tenant"], "whatsapp")
             assert isinstance(adapter, WhatsAppChannel)
             return PlainTextResponse(adapter.verify_subscription(request.query_params))
         except _Refused as exc:
@@ -210,7 +216,7 @@ def _webhook_routes(app: FastAPI, state: _State) -> None:
 
 def _chat_routes(app: FastAPI, state: _State) -> None:
     def known(tenant: str) -> Services:
-        services = state.ready
+        services = state.require()
         if tenant not in services.runtime.tenants:
             raise _Refused(404, f"unknown tenant {tenant!r}")
         return services
@@ -221,8 +227,8 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
             services = known(tenant)
         except _Refused as exc:
             return _refusal(exc)
-        name = services.runtime.settings.tenants[tenant].name
-        return HTMLResponse(_PAGE.format(name=name, tenant=tenant))
+        cfg = services.runtime.settings.tenants[tenant]
+        return HTMLResponse(_chat_page({"name": cfg.name, "tenant": tenant, "locale": cfg.locale}))
 
     @app.post("/chat/{tenant}/messages")
     async def post_message(tenant: str, request: Request) -> Response:

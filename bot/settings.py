@@ -102,6 +102,9 @@ class BookingConfig(Model):
     backend: Literal["local"] = "local"  # "calcom" arrives with the cal.com issue
     slot_step: int = Field(default=30, gt=0, le=24 * 60, description="minutes between offered start times")
     horizon_days: int = Field(default=30, gt=0, le=366, description="how far ahead customers may book")
+    availability_cache_seconds: float = Field(
+        default=2.0, ge=0, le=60, description="how long free times read from the calendar are reused; 0: never"
+    )
 
 
 class SlotOverride(Model):

@@ -37,8 +37,8 @@ from arq.worker import Worker, func
 from pydantic import TypeAdapter, ValidationError
 
 from bot import keys, metrics
-from bot.channelset import ChannelNotConfigured, ChannelSet
-from bot.exceptions import ConfigError
+from bot.channelset import ChannelSet
+from bot.exceptions import ChannelNotConfigured, ConfigError
 from bot.ingest import (
     DRAIN_JOB,
     ArqQueue,

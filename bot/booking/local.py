@@ -26,16 +26,24 @@ Decisions (beyond :class:`bot.booking.base.BookingBackend`)
     - ``reschedule()`` of a cancelled booking raises :class:`BookingNotFound` (there is nothing left to move).
     - ``block()`` refuses (:class:`SlotTaken`) time that overlaps a booking; overlapping another block is fine.
     - An unknown service or a naive datetime raises :class:`BookingError` (a caller bug, not a customer's).
+
+Availability cache
+    Free times are read on most turns and change only when someone books, so a computed list of free times is
+    kept for ``cache_seconds`` (0 turns it off). This instance's own writes, and any write that lost a race,
+    drop the cache at once; another process's booking shows here at most ``cache_seconds`` late. That is safe:
+    the database still decides every booking, and a time offered stale ends as "taken" with alternatives.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic as time_monotonic
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -66,6 +74,12 @@ def _minutes(moment: datetime) -> int:
 def _minutes_up(moment: datetime) -> int:
     """UTC minutes since the epoch, rounded up."""
     return -((_EPOCH - moment) // _MINUTE)
+
+
+@functools.lru_cache(maxsize=65536)
+def _local_time(at: int, tz: ZoneInfo) -> datetime:
+    """UTC minutes to an aware local time; memoised because every free-slot query converts the same grid."""
+    return datetime.fromtimestamp(at * 60, tz)
 
 
 def _aware(moment: datetime, what: str) -> datetime:
@@ -123,6 +137,7 @@ class LocalCalendar:
         horizon_days: int,
         *,
         clock: Clock | None = None,
+        cache_seconds: float = 0.0,
     ) -> None:
         if slot_step <= 0 or horizon_days < 0 or any(m <= 0 for m in services.values()):
             raise BookingError(f"{tenant}: slot step and service durations must be positive, horizon not negative")
@@ -137,6 +152,9 @@ class LocalCalendar:
         self._wanted_cell = _cell_size(slot_step, list(services.values()), self._hours, tz)
         self._cell = self._wanted_cell
         self._grid_ready = False
+        self.cache_seconds = cache_seconds
+        # (service, first day, last day, earliest minute) -> (expires, free starts)
+        self._free: dict[tuple[str, date, date, int], tuple[float, tuple[datetime, ...]]] = {}
 
     # -- read side -------------------------------------------------------------------------------------------
 
@@ -145,11 +163,18 @@ class LocalCalendar:
         today = _aware(now, "now").astimezone(self.tz).date()
         first, last = max(day_from, today), min(day_to, today + timedelta(days=self.horizon_days))
         earliest = _minutes_up(now)
+        key = (service, first, last, earliest)
+        cached = self._free.get(key)
+        if cached is not None and cached[0] > time_monotonic():
+            return list(cached[1])
         starts = [s for day in _days(first, last) for s in self._starts(day, minutes) if s >= earliest]
-        if not starts:
-            return []
-        busy = await self._busy_cells(starts[0], starts[-1] + minutes)
-        return [self._local(s) for s in starts if busy.isdisjoint(range(s, s + minutes, self._cell))]
+        free: list[datetime] = []
+        if starts:
+            busy = await self._busy_cells(starts[0], starts[-1] + minutes)
+            free = [self._local(s) for s in starts if busy.isdisjoint(range(s, s + minutes, self._cell))]
+        if self.cache_seconds > 0:
+            self._free[key] = (time_monotonic() + self.cache_seconds, tuple(free))
+        return free
 
     async def is_open(self, day: date) -> bool:
         return bool(self._hours.get(day.weekday()))
@@ -262,7 +287,7 @@ class LocalCalendar:
         return at
 
     def _local(self, at: int) -> datetime:
-        return datetime.fromtimestamp(at * 60, self.tz)
+        return _local_time(at, self.tz)
 
     # -- storage -----------------------------------------------------------------------------------------------
 
@@ -285,6 +310,9 @@ class LocalCalendar:
                 yield conn, cell
         except IntegrityError as exc:
             raise SlotTaken(f"{self.tenant}: that time is no longer free") from exc
+        finally:
+            # Whatever happened (committed, or lost a race: then the cache was stale), read afresh from now on.
+            self._free.clear()
 
     async def _ensure_grid(self) -> None:
         """Make the stored cell size divide ours, splitting existing cells if it must shrink. Once per instance."""
@@ -313,13 +341,15 @@ class LocalCalendar:
         if extra:
             await conn.execute(insert(CELLS), extra)
 
-    async def _busy_cells(self, lo: int, hi: int) -> set[int]:
+    async def _busy_cells(self, lo: int, hi: int) -> frozenset[int]:
         await self._ensure_grid()
         async with self.engine.connect() as conn:
+            # One statement needs no transaction: autocommit saves the BEGIN and ROLLBACK round trips.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             rows = await conn.execute(
                 select(CELLS.c.cell).where(CELLS.c.tenant == self.tenant, CELLS.c.cell >= lo, CELLS.c.cell < hi)
             )
-            return set(rows.scalars())
+            return frozenset(rows.scalars())
 
     async def _occupy(self, conn: AsyncConnection, owner: str, start: int, minutes: int, cell: int) -> None:
         cells = [{"tenant": self.tenant, "cell": c, "owner": owner} for c in range(start, start + minutes, cell)]
