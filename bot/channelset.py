@@ -11,31 +11,35 @@ import sys
 
 from bot.exceptions import ChannelNotConfigured
 from bot.sender import Outlet
-from bot.settings import ChannelsConfig, Settings
+from bot.settings import Settings, TenantConfig
 from bot.webchat import WebChat
 from channels.base import Channel
 from channels.exceptions import SendError
-from channels.telegram import TelegramChannel, TelegramSettings
-from channels.vk import VKChannel, VKSettings
-from channels.whatsapp import WhatsAppChannel, WhatsAppSettings
+from channels.telegram import TelegramChannel
+from channels.vk import VKChannel
+from channels.whatsapp import WhatsAppChannel
+
+# The label of WhatsApp's "open the list" button, in the tenant's language.
+LIST_BUTTON = {"en": "Choose", "ru": "Выбрать"}
 
 
-def build(config: ChannelsConfig) -> dict[str, Channel]:
+def build(tenant: TenantConfig) -> dict[str, Channel]:
     """The adapters for one tenant's configured webhook channels, by channel name."""
+    config = tenant.channels
     built: dict[str, Channel] = {}
     if config.telegram is not None:
-        built["telegram"] = TelegramChannel(TelegramSettings(**config.telegram.model_dump()))
+        built["telegram"] = TelegramChannel(config.telegram)
     if config.whatsapp is not None:
-        built["whatsapp"] = WhatsAppChannel(WhatsAppSettings(**config.whatsapp.model_dump()))
+        built["whatsapp"] = WhatsAppChannel(config.whatsapp, list_button=LIST_BUTTON[tenant.locale])
     if config.vk is not None:
-        built["vk"] = VKChannel(VKSettings(**config.vk.model_dump()))
+        built["vk"] = VKChannel(config.vk)
     return built
 
 
 class ChannelSet:
     def __init__(self, settings: Settings, webchat: WebChat) -> None:
         self.webchat = webchat
-        self._channels = {tenant: build(cfg.channels) for tenant, cfg in settings.tenants.items()}
+        self._channels = {tenant: build(cfg) for tenant, cfg in settings.tenants.items()}
 
     def webhook(self, tenant: str, channel: str) -> Channel:
         """The adapter receiving ``channel``'s webhooks for ``tenant``; ChannelNotConfigured if none."""
@@ -69,7 +73,7 @@ async def set_webhooks(settings: Settings, base_url: str, *, tenant: str | None 
         return 2
     failed = registered = 0
     for tenant_id in [tenant] if tenant else list(settings.tenants):
-        for name, channel in build(settings.tenants[tenant_id].channels).items():
+        for name, channel in build(settings.tenants[tenant_id]).items():
             url = f"{base_url.rstrip('/')}/webhooks/{name}/{tenant_id}"
             try:
                 await channel.set_webhook(url)

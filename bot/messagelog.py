@@ -46,6 +46,22 @@ class LoggedMessage(BaseModel):
     event_id: str | None = None
 
 
+_COLUMNS = tuple(LoggedMessage.model_fields)
+
+
+async def _insert_messages(conn: AsyncConnection, batch: list[LoggedMessage]) -> None:
+    """Append a batch to ``messages``: binary COPY on PostgreSQL (a fraction of an INSERT's cost per row, which
+    matters on the turn's hot path), a plain executemany INSERT elsewhere."""
+    if conn.dialect.name != "postgresql":
+        await conn.execute(insert(MESSAGES), [row.model_dump() for row in batch])
+        return
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None:
+        raise StorageError("message log: the database connection is closed")
+    records = [tuple(getattr(row, column) for column in _COLUMNS) for row in batch]
+    await driver.copy_records_to_table(MESSAGES.name, records=records, columns=_COLUMNS)
+
+
 def _user_id(conversation: str, channel: str) -> str:
     """The channel's user id inside a conversation id (``channels.base.InboundMessage.conversation``)."""
     return conversation.removeprefix(f"{channel}:")
@@ -149,7 +165,7 @@ class MessageLog:
     async def _write(self, batch: list[LoggedMessage]) -> None:
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(insert(MESSAGES), [row.model_dump() for row in batch])
+                await _insert_messages(conn, batch)
                 await self._touch_conversations(conn, batch)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"message log: cannot write {len(batch)} rows: {exc}") from exc

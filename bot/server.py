@@ -318,7 +318,10 @@ async def serve(settings: Settings, *, host: str, port: int, in_process: bool | 
     print(f"bookingbot on http://{shown}:{port} ({mode})", flush=True)
     for tenant in settings.tenants:
         print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
+    # Web chat long-polls (up to 25 s) would otherwise hold a shutdown for their whole wait.
+    config = uvicorn.Config(
+        app, host=host, port=port, access_log=False, log_level="warning", timeout_graceful_shutdown=3
+    )
     freeze_startup_objects()
     await uvicorn.Server(config).serve()
     return 0

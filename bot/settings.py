@@ -15,6 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from channels.telegram import TelegramSettings
+from channels.vk import VKSettings
+from channels.whatsapp import WhatsAppSettings
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))$")
 
@@ -119,34 +123,12 @@ class DialogConfig(Model):
     max_attempts: int = Field(default=3, ge=1, le=10)
 
 
-class TelegramConfig(Model):
-    token: str
-    webhook_secret: str
-    api_base: str = "https://api.telegram.org"
-
-
-class WhatsAppConfig(Model):
-    phone_number_id: str
-    access_token: str
-    app_secret: str
-    verify_token: str
-    graph_base: str = "https://graph.facebook.com"
-    graph_version: str = "v21.0"
-
-
-class VKConfig(Model):
-    group_id: int
-    access_token: str
-    secret: str
-    confirmation: str
-    api_base: str = "https://api.vk.com/method"
-    api_version: str = "5.199"
-
-
 class ChannelsConfig(Model):
-    telegram: TelegramConfig | None = None
-    whatsapp: WhatsAppConfig | None = None
-    vk: VKConfig | None = None
+    """Each channel's keys are its adapter's own settings model: one schema for config and adapter."""
+
+    telegram: TelegramSettings | None = None
+    whatsapp: WhatsAppSettings | None = None
+    vk: VKSettings | None = None
 
 
 class TenantConfig(Model):

@@ -70,7 +70,7 @@ UPDATES = ["message", "callback_query"]  # what set_webhook subscribes to
 class TelegramSettings(BaseModel):
     """Same keys as ``channels.telegram`` in config.yaml."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     token: str = Field(pattern=r"^\d+:[A-Za-z0-9_-]+$")
     webhook_secret: str = Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")  # Telegram's rule for secret_token

@@ -51,7 +51,7 @@ _UNREACHABLE = {900, 901, 902}  # user blacklisted us, has not allowed messages,
 class VKSettings(BaseModel):
     """Same keys as ``channels.vk`` in config.yaml."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     group_id: int
     access_token: str

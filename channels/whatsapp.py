@@ -58,9 +58,9 @@ _PUNCTUATION = re.compile(r"[\s().-]")  # shared contacts come formatted: "+44 7
 
 
 class WhatsAppSettings(BaseModel):
-    """Same keys as ``channels.whatsapp`` in config.yaml, plus the label of the button that opens a list."""
+    """Same keys as ``channels.whatsapp`` in config.yaml."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     phone_number_id: str
     access_token: str
@@ -68,14 +68,17 @@ class WhatsAppSettings(BaseModel):
     verify_token: str
     graph_base: str = "https://graph.facebook.com"
     graph_version: str = "v21.0"
-    list_button: str = Field(default="Choose", min_length=1, max_length=BUTTON_TITLE)
 
 
 class WhatsAppChannel:
     name: ChannelName = "whatsapp"
 
-    def __init__(self, settings: WhatsAppSettings, *, timeout: float = 10.0) -> None:
+    def __init__(self, settings: WhatsAppSettings, *, list_button: str = "Choose", timeout: float = 10.0) -> None:
+        """``list_button`` labels the button that opens a list of options (in the tenant's language)."""
+        if not 1 <= len(list_button) <= BUTTON_TITLE:
+            raise ValueError(f"list_button must be 1-{BUTTON_TITLE} characters")
         self.settings = settings
+        self.list_button = list_button
         self.http = httpx.AsyncClient(
             base_url=f"{settings.graph_base.rstrip('/')}/{settings.graph_version}",
             headers={"Authorization": f"Bearer {settings.access_token}"},
@@ -120,7 +123,7 @@ class WhatsAppChannel:
     async def send(self, msg: OutboundMessage) -> None:
         to = msg.chat_id or msg.user_id
         envelope = {"messaging_product": "whatsapp", "recipient_type": "individual", _address(to): to}
-        for payload in _payloads(msg, self.settings.list_button):
+        for payload in _payloads(msg, self.list_button):
             await self._request("POST", f"/{self.settings.phone_number_id}/messages", json=envelope | payload)
 
     async def ack_button(self, msg: InboundMessage) -> None:

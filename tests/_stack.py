@@ -23,8 +23,11 @@ from bot.config import load_config
 from bot.ingest import InProcess
 from bot.runtime import Runtime
 from bot.server import create_app
-from bot.settings import ChannelsConfig, Settings, TelegramConfig, VKConfig, WhatsAppConfig
+from bot.settings import ChannelsConfig, Settings
 from bot.worker import Services
+from channels.telegram import TelegramSettings
+from channels.vk import VKSettings
+from channels.whatsapp import WhatsAppSettings
 from tests.doubles.telegram import TelegramDouble
 from tests.doubles.vk import VKDouble
 from tests.doubles.whatsapp import WhatsAppDouble
@@ -83,15 +86,15 @@ def fixture(channel: str, name: str, **changes: Any) -> dict[str, Any]:
 
 def channels(account: Account, tg: str, wa: str, vk: str) -> ChannelsConfig:
     return ChannelsConfig(
-        telegram=TelegramConfig(token=account.tg_token, webhook_secret=account.tg_secret, api_base=tg),
-        whatsapp=WhatsAppConfig(
+        telegram=TelegramSettings(token=account.tg_token, webhook_secret=account.tg_secret, api_base=tg),
+        whatsapp=WhatsAppSettings(
             phone_number_id=account.wa_number,
             access_token=account.wa_token,
             app_secret=account.wa_app_secret,
             verify_token=account.wa_verify,
             graph_base=wa,
         ),
-        vk=VKConfig(
+        vk=VKSettings(
             group_id=account.vk_group,
             access_token=account.vk_token,
             secret=account.vk_secret,

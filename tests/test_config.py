@@ -88,15 +88,20 @@ def test_variables_and_defaults_are_interpolated() -> None:
     assert tenant.name == "Acme Salon"  # a reference inside a longer string
     assert tenant.services[0].minutes == 90  # text from the environment still becomes an integer
     assert tenant.channels.telegram is not None
-    assert (tenant.channels.telegram.token, tenant.channels.telegram.webhook_secret) == ("123:abc", "")
+    assert (tenant.channels.telegram.token, tenant.channels.telegram.webhook_secret) == ("123:abc", "default-secret")
 
 
 def test_defaults_apply_when_a_variable_is_unset_or_empty() -> None:
-    env = {"BB_TEST_DATABASE": "", "BB_TEST_TOKEN": "t", "BB_TEST_NAME": ""}
+    env = {"BB_TEST_DATABASE": "", "BB_TEST_TOKEN": "123:abc", "BB_TEST_NAME": ""}
     settings = load_config(CONFIGS / "env.yaml", env=env)
     assert settings.database_url is None  # ${VAR} set to "" is "" (then: unset)
     assert settings.tenants["t"].name == "Demo Salon"  # ${VAR:-Demo} with VAR="" takes the default
     assert settings.tenants["t"].services[0].minutes == 60
+
+
+def test_malformed_channel_secrets_are_reported_at_their_lines() -> None:
+    env = {"BB_TEST_DATABASE": "", "BB_TEST_TOKEN": "not-a-token", "BB_TEST_SECRET": "has spaces"}
+    assert [line for line, _ in problems("env.yaml", env=env)] == [11, 12]
 
 
 def test_missing_variables_are_errors_at_their_lines() -> None:
@@ -110,8 +115,8 @@ def test_missing_variables_are_errors_at_their_lines() -> None:
 
 def test_env_argument_replaces_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BB_TEST_DATABASE", "sqlite:///x.db")
-    monkeypatch.setenv("BB_TEST_TOKEN", "t")
-    assert [line for line, _ in problems("env.yaml", env={"BB_TEST_TOKEN": "t"})] == [2]
+    monkeypatch.setenv("BB_TEST_TOKEN", "123:abc")
+    assert [line for line, _ in problems("env.yaml", env={"BB_TEST_TOKEN": "123:abc"})] == [2]
     assert load_config(CONFIGS / "env.yaml").tenants["t"].name == "Demo Salon"  # env=None: the process's
 
 

@@ -9,9 +9,7 @@ import json
 import os
 import random
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 from conftest import REDIS_URL
@@ -23,21 +21,6 @@ from bot.inbox import Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CONV = "telegram:42"
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = await redis_conn.connect(REDIS_URL, "unused")
-    yield client
-    await redis_conn.close(client)
-
-
-@pytest.fixture
-async def tenant(redis: Redis) -> AsyncIterator[str]:
-    tenant = f"test-inbox-{uuid4().hex[:12]}"
-    yield tenant
-    async for key in redis.scan_iter(match=keys.tenant_pattern(tenant)):
-        await redis.delete(key)
 
 
 @pytest.fixture

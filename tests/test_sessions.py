@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
-from conftest import REDIS_URL
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -23,21 +20,6 @@ from dialogs.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 TTL = 3600
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = await redis_conn.connect(REDIS_URL, "unused")
-    yield client
-    await redis_conn.close(client)
-
-
-@pytest.fixture
-async def tenant(redis: Redis) -> AsyncIterator[str]:
-    tenant = f"test-sessions-{uuid4().hex[:12]}"
-    yield tenant
-    async for key in redis.scan_iter(match=keys.tenant_pattern(tenant)):
-        await redis.delete(key)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from conftest import REDIS_URL
 from redis.asyncio import Redis
 
 from bot import keys
-from bot import redis as redis_conn
 from bot.exceptions import DeliveryFailed
 from bot.inbox import Inbox
 from bot.ingest import DRAIN_JOB, Accepted, ArqQueue, Ingest, InProcess, Markers, Release, dumps_job, loads_job
@@ -31,21 +30,6 @@ from channels.telegram import TelegramChannel, TelegramSettings
 from tests.doubles.telegram import TelegramDouble
 
 TOKEN = "123456:test-token"
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = await redis_conn.connect(REDIS_URL, "unused")
-    yield client
-    await redis_conn.close(client)
-
-
-@pytest.fixture
-async def tenant(redis: Redis) -> AsyncIterator[str]:
-    tenant = f"test-worker-{uuid4().hex[:12]}"
-    yield tenant
-    async for key in redis.scan_iter(match=keys.tenant_pattern(tenant)):
-        await redis.delete(key)
 
 
 @pytest.fixture
