@@ -38,6 +38,11 @@ test: lint typecheck unit
 bench: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.turns
 
+# Real `bookingbot serve` / `worker` processes under wrk and 200 conversations; see bench/webhooks.py.
+.PHONY: bench-webhooks
+bench-webhooks: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.webhooks
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
 

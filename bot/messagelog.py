@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -62,6 +62,10 @@ async def _insert_messages(conn: AsyncConnection, batch: list[LoggedMessage]) ->
     await driver.copy_records_to_table(MESSAGES.name, records=records, columns=_COLUMNS)
 
 
+_TOUCH_EVERY = timedelta(minutes=1)
+_TOUCHED_MAX = 100_000  # conversations remembered; past that, forget them all (a few extra upserts, no harm)
+
+
 def _user_id(conversation: str, channel: str) -> str:
     """The channel's user id inside a conversation id (``channels.base.InboundMessage.conversation``)."""
     return conversation.removeprefix(f"{channel}:")
@@ -78,6 +82,7 @@ class MessageLog:
         self._lock = asyncio.Lock()  # one writer at a time keeps rows in the order they were added
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._touched: dict[tuple[str, str], datetime] = {}  # conversation -> last_at this process wrote
 
     def add(self, row: LoggedMessage) -> None:
         """Queue a row (never blocks). Raises StorageError after :meth:`aclose`, rather than dropping it."""
@@ -163,20 +168,36 @@ class MessageLog:
                 await asyncio.sleep(_RETRY_SECONDS)
 
     async def _write(self, batch: list[LoggedMessage]) -> None:
+        spans = self._spans_to_touch(batch)
         try:
             async with self.engine.begin() as conn:
                 await _insert_messages(conn, batch)
-                await self._touch_conversations(conn, batch)
+                if spans:
+                    await self._touch_conversations(conn, spans)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"message log: cannot write {len(batch)} rows: {exc}") from exc
+        if len(self._touched) > _TOUCHED_MAX:
+            self._touched.clear()
+        self._touched.update({key: last for key, (_channel, _first, last) in spans.items()})
 
-    async def _touch_conversations(self, conn: AsyncConnection, batch: list[LoggedMessage]) -> None:
-        """Create the batch's customers and conversations, and move each conversation's ``last_at`` forward."""
+    def _spans_to_touch(self, batch: list[LoggedMessage]) -> dict[tuple[str, str], tuple[str, datetime, datetime]]:
+        """The batch's conversations whose rows need a write: new to this process, or ``last_at`` older than
+        :data:`_TOUCH_EVERY` (so a busy conversation costs one upsert a minute, not one per batch)."""
         spans: dict[tuple[str, str], tuple[str, datetime, datetime]] = {}
         for row in batch:
             key = (row.tenant, row.conversation)
             channel, first, last = spans.get(key, (row.channel, row.at, row.at))
             spans[key] = (channel, min(first, row.at), max(last, row.at))
+        return {
+            key: span
+            for key, span in spans.items()
+            if (written := self._touched.get(key)) is None or span[2] - written >= _TOUCH_EVERY
+        }
+
+    async def _touch_conversations(
+        self, conn: AsyncConnection, spans: dict[tuple[str, str], tuple[str, datetime, datetime]]
+    ) -> None:
+        """Create the conversations' customers and rows, and move each conversation's ``last_at`` forward."""
         # Sorted: every process takes the row locks in the same order, so concurrent writers cannot deadlock.
         ordered = sorted(spans.items())
         customers = [

@@ -2,7 +2,7 @@
 
 * Rate limits are shared by every worker process through one Redis script (GCRA over several scopes, e.g.
   the chat and the bot): a send takes a slot when every scope allows it, else waits as long as the script
-  says and asks again - nothing is dropped.
+  says and asks again - nothing is dropped. Waiters on a shared scope queue in-process (one asks at a time).
 * A send that fails transiently (:class:`RetryLater`: 429, 5xx, timeout) is retried with exponential
   backoff and full jitter, honouring the provider's ``retry_after``; after ``attempts`` tries it is logged,
   counted and raised as :class:`DeliveryFailed` so the drain job retries later.
@@ -74,46 +74,72 @@ def limits_for(channel: ChannelName, chat: str) -> list[tuple[str, Limit]]:
 
 
 # KEYS: one per scope, each holding its theoretical arrival time (TAT, ms). ARGV: interval_ms, tolerance_ms
-# per key. Takes one send from every scope if all allow it now (returns 0); otherwise takes nothing and
-# returns the ms until they would. Nothing is reserved ahead: a slow chat never holds up the account scope.
+# per key. Takes one send from every scope if all allow it now (returns {0, 0}); otherwise takes nothing and
+# returns {ms until they would, index of the scope that waits longest}. Nothing is reserved ahead: a slow chat
+# never holds up the account scope.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait = 0
+local wait, blocking = 0, 0
 local tats = {}
 for i, key in ipairs(KEYS) do
   local tat = math.max(tonumber(redis.call('GET', key) or now), now)
   tats[i] = tat
-  wait = math.max(wait, tat - tonumber(ARGV[2 * i]) - now)
+  local w = tat - tonumber(ARGV[2 * i]) - now
+  if w > wait then wait, blocking = w, i end
 end
-if wait > 0 then return wait end
+if wait > 0 then return {wait, blocking} end
 for i, key in ipairs(KEYS) do
   local next_tat = tats[i] + tonumber(ARGV[2 * i - 1])
   redis.call('SET', key, next_tat, 'PX', next_tat - now + 1000)
 end
-return 0
+return {0, 0}
 """
 
 
 class RateLimiter:
+    """Waits for a send slot; nothing is dropped.
+
+    Senders blocked by a scope shared across chats (the account) queue on one in-process lock per scope, so a
+    single coroutine per process asks Redis while the rest wait their turn: without it every waiting job woke
+    and asked at once (thousands of script calls a second to send 30 messages).
+    """
+
     def __init__(self, redis: Redis) -> None:
         self._take = redis.register_script(_TAKE)
+        self._queues: dict[str, asyncio.Lock] = {}
 
     async def try_take(self, tenant: str, channel: str, scopes: Sequence[tuple[str, Limit]]) -> float:
         """Take one send from every scope: 0 when taken, else the seconds to wait before trying again."""
-        if not scopes:
-            return 0.0
-        names = [keys.rate(tenant, channel, scope) for scope, _ in scopes]
-        args = [v for _, limit in scopes for v in (limit.interval_ms, limit.tolerance_ms)]
-        return int(await self._take(keys=names, args=args)) / 1000
+        wait, _ = await self._try(tenant, channel, scopes)
+        return wait
 
     async def take(self, tenant: str, channel: str, scopes: Sequence[tuple[str, Limit]]) -> float:
-        """Wait until every scope allows one more send, and take it; returns the seconds waited."""
-        waited = 0.0
-        while wait := await self.try_take(tenant, channel, scopes):
-            await asyncio.sleep(wait)
-            waited += wait
-        return waited
+        """Wait until every scope allows one more send, and take it; returns the seconds it waited."""
+        started = asyncio.get_running_loop().time()
+        wait, blocking = await self._try(tenant, channel, scopes)
+        while wait:
+            if blocking is None:  # this chat's own limit: nobody else is waiting on it
+                await asyncio.sleep(wait)
+                wait, blocking = await self._try(tenant, channel, scopes)
+                continue
+            async with self._queues.setdefault(blocking, asyncio.Lock()):
+                while wait and blocking is not None:
+                    await asyncio.sleep(wait)
+                    wait, blocking = await self._try(tenant, channel, scopes)
+        return asyncio.get_running_loop().time() - started
+
+    async def _try(
+        self, tenant: str, channel: str, scopes: Sequence[tuple[str, Limit]]
+    ) -> tuple[float, str | None]:
+        """(seconds to wait, the shared scope key that blocks, or None when free or blocked by a chat scope)."""
+        if not scopes:
+            return 0.0, None
+        names = [keys.rate(tenant, channel, scope) for scope, _ in scopes]
+        args = [v for _, limit in scopes for v in (limit.interval_ms, limit.tolerance_ms)]
+        wait_ms, index = await self._take(keys=names, args=args)
+        shared = index and not scopes[int(index) - 1][0].startswith("chat:")
+        return int(wait_ms) / 1000, names[int(index) - 1] if shared else None
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -87,11 +87,17 @@ class _State:
         return self.services
 
 
+def drains_in_process(settings: Settings, in_process: bool | None) -> bool:
+    """Whether this server drains conversations itself: asked for, or by default in embedded mode (no Redis
+    URL, so no separate worker could share the embedded Redis)."""
+    return settings.redis_url is None if in_process is None else in_process
+
+
 def create_app(settings: Settings, *, services: Services | None = None, in_process: bool | None = None) -> FastAPI:
     """The app. Without ``services`` it starts its own :class:`Runtime` on startup (closed on shutdown);
     ``in_process`` (default: embedded mode, i.e. no ``redis_url``) runs drains in this process."""
     state = _State(services)
-    run_in_process = settings.redis_url is None if in_process is None else in_process
+    run_in_process = drains_in_process(settings, in_process)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -312,9 +318,11 @@ async def serve(settings: Settings, *, host: str, port: int, in_process: bool | 
     """``bookingbot serve``: uvicorn on ``host:port`` until interrupted."""
     import uvicorn
 
-    app = create_app(settings, in_process=in_process)
+    run_in_process = drains_in_process(settings, in_process)
+    services = Services.build(await Runtime.start(settings), in_process=run_in_process)
+    app = create_app(settings, services=services)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    mode = "drains in this process" if (settings.redis_url is None or in_process) else "drains by `bookingbot worker`"
+    mode = "drains in this process" if run_in_process else "drains by `bookingbot worker`"
     print(f"bookingbot on http://{shown}:{port} ({mode})", flush=True)
     for tenant in settings.tenants:
         print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
@@ -322,6 +330,10 @@ async def serve(settings: Settings, *, host: str, port: int, in_process: bool | 
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="warning", timeout_graceful_shutdown=3
     )
-    freeze_startup_objects()
-    await uvicorn.Server(config).serve()
+    freeze_startup_objects()  # after the runtime and tenants are built: they are long-lived too
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await services.aclose()
+        await services.runtime.aclose()
     return 0

@@ -216,7 +216,12 @@ async def test_log_keeps_customers_and_conversations(pg_engine: AsyncEngine, ten
     await log.flush()
     log.add(message(tenant, 30))
     log.add(message(tenant, 20))
-    await log.flush()
+    await log.flush()  # 20 s later: last_at is touched at most once a minute, so it stays at 10 s
+    async with pg_engine.connect() as conn:
+        first = (await conn.execute(select(Conversation).where(col(Conversation.tenant) == tenant))).one()
+    assert first.last_at == datetime(2026, 11, 23, 9, 0, 10, tzinfo=UTC)
+    log.add(message(tenant, 75))
+    await log.flush()  # a minute on: moved forward
     await log.record_customer(tenant, "telegram:42", "telegram", name="John")
     await log.record_customer(tenant, "telegram:42", "telegram", phone="+447700900123")
     async with pg_engine.connect() as conn:
@@ -225,7 +230,7 @@ async def test_log_keeps_customers_and_conversations(pg_engine: AsyncEngine, ten
     start = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
     assert (conversation.id, conversation.customer, conversation.channel) == ("telegram:42", "telegram:42", "telegram")
     assert conversation.started_at == start + timedelta(seconds=5)
-    assert conversation.last_at == start + timedelta(seconds=30)
+    assert conversation.last_at == start + timedelta(seconds=75)
     assert (customer.user_id, customer.name, customer.phone, customer.email) == ("42", "John", "+447700900123", None)
     await log.aclose()
 

@@ -23,7 +23,7 @@ from bot import keys
 from bot.exceptions import DeliveryFailed
 from bot.inbox import Inbox
 from bot.ingest import DRAIN_JOB, Accepted, ArqQueue, Ingest, InProcess, Markers, Release, dumps_job, loads_job
-from bot.sender import RateLimiter, Sender, limits_for
+from bot.sender import Limit, RateLimiter, Sender, limits_for
 from bot.worker import Drainer, make_worker
 from channels.base import InboundMessage, OutboundMessage, OutButton
 from channels.telegram import TelegramChannel, TelegramSettings
@@ -429,3 +429,22 @@ async def test_a_long_backlog_yields_between_runs(s: Stack, queue: str) -> None:
         pending.append(await s.services.runtime.inbox.pending(s.a, conversation))
     assert pending == [2, 1]  # one message per run
     assert len(sent_to(s, user)) >= 3
+
+
+async def test_waiters_on_the_account_limit_do_not_stampede(redis: Redis, tenant: str) -> None:
+    """30 chats of one bot wait for a 60/s account limit: they queue in-process, so Redis is asked about once
+    per send instead of every waiter asking every time the slot may be free."""
+    limiter = RateLimiter(redis)
+    script, calls = limiter._take, 0
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(*args, **kwargs)
+
+    limiter._take = counted  # type: ignore[assignment]
+    account = Limit(rate=60, burst=1)
+    chats = [[(f"chat:{n}", Limit(rate=1, burst=3)), ("account", account)] for n in range(30)]
+    waited = await asyncio.gather(*(limiter.take(tenant, "telegram", scopes) for scopes in chats))
+    assert max(waited) >= 0.4  # the account limit really spread the 30 sends over ~0.5 s
+    assert calls <= 4 * len(chats), calls  # one poller at a time; every waiter polling made ~15 calls per send
