@@ -54,7 +54,7 @@ class Pipeline:
             return Turn(session, duplicate=True)
         pressed = next((b.label for b in session.offered if msg.button and b.value == msg.button), None)
         turn = Turn(session)
-        user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone)
+        user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone, voice=msg.voice is not None)
         await self._apply(turn, tenant, await tenant.engine.step(session, user_input, now, tenant.calendar), now)
         session.last_event = msg.event_id
         await self.rt.sessions.save(session)

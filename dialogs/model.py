@@ -38,11 +38,13 @@ class Reply(_Frozen):
 
 class UserInput(_Frozen):
     """What the customer did in one turn: typed ``text``, pressed a button (``button`` = its value) or shared a
-    contact (``phone``). Voice is transcribed to ``text`` before the engine sees it."""
+    contact (``phone``). A voice note arrives transcribed in ``text`` with ``voice`` set; ``voice`` with no
+    text means nobody could read it (no speech-to-text configured, or nothing heard)."""
 
     text: str = ""
     button: str | None = None
     phone: str | None = None
+    voice: bool = False
 
 
 # --- effects ---------------------------------------------------------------------------------------------

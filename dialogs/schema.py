@@ -71,6 +71,7 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "book_failed": DIALOG_FACTS,
     "effect_failed": DIALOG_FACTS,
     "not_found": _PLAIN,
+    "voice_unsupported": _PLAIN,  # a voice note and no speech-to-text to read it
     **{
         f"button_{name}": _PLAIN
         for name in ("yes", "no", "start_over", "human", "book", "my_bookings", "reschedule", "cancel_booking", "keep")
