@@ -217,12 +217,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command on uvloop where it is installed (it comes with uvicorn[standard] on Linux and macOS)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         command: Command = args.func
-        return asyncio.run(command(args))
+        return _run(command(args))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -110,8 +110,12 @@ async def _free_time(value: str, ctx: Context) -> str | None:
     service, day = ctx.slots.get("service"), parse_date(ctx.slots.get("date", ""))
     if service is None or day is None or ctx.profile.service(service) is None:
         return None
-    free = await ctx.free_slots(service, day, day)
-    return None if any(start.strftime("%H:%M") == value for start in free) else "taken"
+    hour, _, minute = value.partition(":")
+    if not (hour.isdigit() and minute.isdigit()):
+        return "taken"
+    wanted = (int(hour), int(minute))
+    free = await ctx.free_slots(service, day, day)  # aware, in the tenant's timezone (CalendarPort)
+    return None if any((start.hour, start.minute) == wanted for start in free) else "taken"
 
 
 async def _valid_phone(value: str, ctx: Context) -> str | None:
