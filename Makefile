@@ -35,7 +35,7 @@ replay: install
 
 test: lint typecheck unit
 
-bench: install
+bench: install  # bench/turns.py; `make bench-webhooks` for the server
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.turns
 
 # Real `bookingbot serve` / `worker` processes under wrk and 200 conversations; see bench/webhooks.py.

@@ -341,13 +341,6 @@ async def measure_aiogram(
     return AiogramRun(latencies=latencies, wall_seconds=wall)
 
 
-async def run_aiogram(
-    conversations: int, redis_url: str = "redis://127.0.0.1:6379/0", rounds: int = 1
-) -> list[float]:
-    """Per-turn latencies in seconds: 6 * conversations * rounds values (see `measure_aiogram`)."""
-    return (await measure_aiogram(conversations, redis_url, rounds)).latencies
-
-
 async def _main() -> None:
     # Importing aiogram's pydantic types makes each full garbage collection take ~120 ms, which would be most
     # of p99; freezing everything imported takes it out of collections (this favours the baseline).

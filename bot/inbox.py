@@ -2,11 +2,8 @@
 
 Order holds across any number of processes because every step is one Redis command or one Lua script:
 
-- ``push`` appends the item and, in the same script, reports whether a drainer holds the lease. ``True``
-  means nobody does: the caller must make sure a drain runs (enqueue a drain job; extra drains are harmless,
-  they return 0). ``False`` means a live drainer will reach the item: a drainer gives the lease up only in the
-  script that finds the inbox empty, so no item can slip in between its last look and the release. This is how
-  "one drain job per conversation" is kept: a job is scheduled only on the idle -> busy transition.
+- Items are appended (``RPUSH``) by :mod:`bot.ingest`'s script, together with the dedupe and the "one drain
+  job per conversation" marker; this module is the drain side only.
 - ``drain`` takes the lease (``SET NX PX``), runs the handler on the head, and then in one script removes the
   head (only while it still owns the lease), renews the lease and returns the next head, or releases the lease
   when the inbox is empty. A background task renews the lease while a long handler runs. A drain of n items
@@ -37,13 +34,6 @@ from redis.exceptions import RedisError
 from bot import keys
 
 log = logging.getLogger(__name__)
-
-# KEYS: inbox, lease; ARGV: item. 1 when no drainer holds the lease.
-_PUSH = """
-redis.call('RPUSH', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
-return 0
-"""
 
 # KEYS: inbox, lease; ARGV: token, lease ms. The head if the lease was taken; nil if held or nothing to do.
 _ACQUIRE = """
@@ -85,16 +75,10 @@ Handler = Callable[[str], Awaitable[None]]
 class Inbox:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._push = redis.register_script(_PUSH)
         self._acquire = redis.register_script(_ACQUIRE)
         self._ack = redis.register_script(_ACK)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
-
-    async def push(self, tenant: str, conversation: str, item: str) -> bool:
-        """Append ``item``; True when no drainer holds the lease, so the caller must schedule a drain."""
-        inbox, lease = keys.inbox(tenant, conversation), keys.lease(tenant, conversation)
-        return bool(await self._push(keys=[inbox, lease], args=[item]))
 
     async def drain(
         self, tenant: str, conversation: str, handler: Handler, owner: str, lease_ms: int = 30_000
@@ -128,10 +112,6 @@ class Inbox:
         finally:
             renewer.cancel()
         return removed
-
-    async def dedupe(self, tenant: str, channel: str, event_id: str, ttl_s: int = 86400) -> bool:
-        """True the first time an event id is seen (within ``ttl_s``): a provider's redelivery gets False."""
-        return bool(await self._redis.set(keys.dedupe(tenant, channel, event_id), "1", nx=True, ex=ttl_s))
 
     async def pending(self, tenant: str, conversation: str) -> int:
         """Items waiting, including the one being handled (it is removed only after its handler returns)."""

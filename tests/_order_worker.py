@@ -2,10 +2,12 @@
 
     python tests/_order_worker.py REDIS_URL TENANT CONVERSATION NAME COUNT
 
-Prints ``ready``, waits for the test's go signal, then pushes COUNT items to the conversation's inbox,
-draining whenever a push says no drainer holds the lease, with random pauses in between. Each push happens
-under a cross-process mutex together with an INCR, so an item's ``seq`` is its place in the arrival order.
-The handler appends each item to the ``processed`` list and flags any overlap with another running handler.
+Prints ``ready``, waits for the test's go signal, then sends COUNT messages through the production ingest path
+(:class:`bot.ingest.Ingest`: dedupe + append + "ensure one drain" in one script), with random pauses. A drain
+this process is given runs as it does in embedded mode: :meth:`bot.inbox.Inbox.drain` under the lease, then
+:meth:`bot.ingest.Markers.release`, again while more arrived. Each message is sent under a cross-process mutex
+together with an INCR, so its ``seq`` is its place in the arrival order. The handler appends each message to
+the ``processed`` list and flags any overlap with another running handler.
 Finally prints one JSON line: ``{"drains": ..., "handled": ...}``.
 """
 
@@ -21,12 +23,18 @@ from redis.asyncio import Redis
 from bot import keys
 from bot import redis as redis_conn
 from bot.inbox import Inbox
+from bot.ingest import Accepted, Ingest, InProcess, Markers, Release
+from channels.base import InboundMessage
 
 
 class OrderWorker:
     def __init__(self, redis: Redis, tenant: str, conversation: str, name: str) -> None:
         self.redis, self.tenant, self.conversation, self.name = redis, tenant, conversation, name
         self.inbox = Inbox(redis)
+        self.markers = Markers(redis)
+        self.scheduler = InProcess(self.drain)
+        self.ingest = Ingest(redis, self.scheduler)
+        self.drains = self.handled = 0
 
     def key(self, name: str) -> str:
         return keys.scratch(self.tenant, name)
@@ -34,29 +42,37 @@ class OrderWorker:
     async def handle(self, item: str) -> None:
         if not await self.redis.set(self.key("busy"), self.name, nx=True, px=10_000):
             await self.redis.rpush(self.key("overlaps"), f"{self.name} {item}")  # type: ignore[misc]
-        await self.redis.rpush(self.key("processed"), item)  # type: ignore[misc]
+        await self.redis.rpush(self.key("processed"), InboundMessage.model_validate_json(item).text)  # type: ignore[misc]
         await asyncio.sleep(random.random() / 1000)
         await self.redis.delete(self.key("busy"))
 
-    async def push(self, index: int) -> bool:
-        # The mutex binds the INCR to this push: no other push can land between them.
+    async def drain(self, tenant: str, conversation: str, job_id: str) -> None:
+        self.drains += 1
+        while True:
+            self.handled += await self.inbox.drain(tenant, conversation, self.handle, owner=self.name)
+            if await self.markers.release(tenant, conversation, job_id) is not Release.MORE:
+                return
+
+    async def send(self, index: int) -> Accepted:
+        # The mutex binds the INCR to this message: no other message can be accepted between them.
         await self.redis.blpop([self.key("mutex")], timeout=10)  # type: ignore[misc]
         try:
             seq = await self.redis.incr(self.key("seq"))
-            item = json.dumps({"seq": seq, "by": self.name, "index": index})
-            return await self.inbox.push(self.tenant, self.conversation, item)
+            text = json.dumps({"seq": seq, "by": self.name, "index": index})
+            user = self.conversation.partition(":")[2]
+            msg = InboundMessage(tenant=self.tenant, channel="telegram", user_id=user,
+                                 event_id=f"{self.name}-{index}", text=text)  # fmt: skip
+            return await self.ingest.accept(msg)
         finally:
             await self.redis.rpush(self.key("mutex"), "1")  # type: ignore[misc]
 
     async def run(self, count: int) -> dict[str, int]:
-        drains: list[asyncio.Task[int]] = []
         for index in range(count):
-            if await self.push(index):
-                drain = self.inbox.drain(self.tenant, self.conversation, self.handle, owner=self.name)
-                drains.append(asyncio.create_task(drain))
+            if await self.send(index) is Accepted.DUPLICATE:
+                raise AssertionError(f"{self.name}-{index} was taken for a redelivery")
             await asyncio.sleep(random.random() / 100)
-        handled = await asyncio.gather(*drains)
-        return {"drains": len(drains), "handled": sum(handled)}
+        await self.scheduler.idle()
+        return {"drains": self.drains, "handled": self.handled}
 
 
 async def main(url: str, tenant: str, conversation: str, name: str, count: int) -> None:
