@@ -81,6 +81,11 @@ def webchat_outbox(tenant: str, user_id: str) -> str:
     return f"{PREFIX}:{tenant}:webchat:{user_id}"
 
 
+def webchat_secret(tenant: str) -> str:
+    """The key that signs a tenant's web chat identities (created once, shared by every server process)."""
+    return f"{PREFIX}:{tenant}:webchat-secret"
+
+
 def webchat_events(tenant: str) -> str:
     """Pub/sub channel announcing a web chat user id whose outbox grew (wakes long polls in every server)."""
     return f"{PREFIX}:{tenant}:webchat-events"

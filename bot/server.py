@@ -53,6 +53,7 @@ from channels.whatsapp import WhatsAppChannel
 
 log = logging.getLogger(__name__)
 
+CHAT_TOKEN_HEADER = "X-Chat-Token"
 MAX_BODY = 1024 * 1024
 READY_TIMEOUT_S = 2.0
 BAD_SIGNATURE_STATUS = {"telegram": 401, "whatsapp": 401, "vk": 403}
@@ -234,7 +235,12 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
         except _Refused as exc:
             return _refusal(exc)
         cfg = services.runtime.settings.tenants[tenant]
-        return HTMLResponse(_chat_page({"name": cfg.name, "tenant": tenant, "locale": cfg.locale}))
+        try:
+            user_id, token = await services.webchat.identity(tenant)
+        except RedisError:
+            return _refusal(_Refused(503, "storage unavailable, retry later"))
+        fills = {"name": cfg.name, "tenant": tenant, "locale": cfg.locale, "user_id": user_id, "token": token}
+        return HTMLResponse(_chat_page(fills), headers={"Cache-Control": "no-store"})
 
     @app.post("/chat/{tenant}/messages")
     async def post_message(tenant: str, request: Request) -> Response:
@@ -245,6 +251,7 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
             except BadPayload as exc:
                 raise _Refused(400, str(exc)) from None
             msg = parsed.messages[0]
+            await _authorize(services, request, tenant, msg.user_id)
             outcome = await services.ingest.accept(msg)
         except _Refused as exc:
             return _refusal(exc)
@@ -260,6 +267,7 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
         try:
             services = known(tenant)
             user_id, after, wait_s = _poll_params(request)
+            await _authorize(services, request, tenant, user_id)
             replies = await services.webchat.wait(tenant, user_id, after, wait_s)
         except _Refused as exc:
             return _refusal(exc)
@@ -268,6 +276,12 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
             return _refusal(_Refused(503, "storage unavailable, retry later"))
         last = replies[-1].index if replies else after
         return JSONResponse({"replies": [r.model_dump() for r in replies], "last": last})
+
+
+async def _authorize(services: Services, request: Request, tenant: str, user_id: str) -> None:
+    """A web chat call must carry the token the page was served with for this ``user_id``."""
+    if not await services.webchat.authorized(tenant, user_id, request.headers.get(CHAT_TOKEN_HEADER)):
+        raise _Refused(401, f"missing or wrong {CHAT_TOKEN_HEADER} for this user_id")
 
 
 def _poll_params(request: Request) -> tuple[str, int, float]:

@@ -4,14 +4,21 @@ The worker "sends" a web reply by appending it to the user's outbox (a list) and
 tenant's pub/sub channel; every server process keeps one pattern subscription (:meth:`WebChat.listen`) that
 wakes the long polls waiting for that user. A reply's ``index`` is its position in the outbox, from 1, so the
 page asks for ``after=<last index seen>`` and never misses or repeats a reply.
+
+Who may read an outbox: the page is served with a fresh ``user_id`` and a token, the HMAC of that id under the
+tenant's web chat secret (created once in Redis, so every server process signs alike). Every post and poll
+must carry the token, so knowing someone's ``user_id`` is not enough to read their replies or speak for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
@@ -40,6 +47,26 @@ class WebChat:
         self._redis = redis
         self._ttl_s = ttl_s
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
+        self._secrets: dict[str, bytes] = {}
+
+    async def identity(self, tenant: str) -> tuple[str, str]:
+        """A new web chat user of ``tenant``: (user id, its token)."""
+        user_id = f"web-{secrets.token_hex(12)}"
+        return user_id, await self.token(tenant, user_id)
+
+    async def token(self, tenant: str, user_id: str) -> str:
+        return hmac.new(await self._secret(tenant), user_id.encode(), hashlib.sha256).hexdigest()
+
+    async def authorized(self, tenant: str, user_id: str, token: str | None) -> bool:
+        """Whether ``token`` was issued for ``user_id`` by this tenant (constant-time comparison)."""
+        return token is not None and hmac.compare_digest(token, await self.token(tenant, user_id))
+
+    async def _secret(self, tenant: str) -> bytes:
+        if tenant not in self._secrets:
+            key = keys.webchat_secret(tenant)
+            await self._redis.set(key, secrets.token_hex(32), nx=True)  # the first process to ask creates it
+            self._secrets[tenant] = str(await self._redis.get(key)).encode()
+        return self._secrets[tenant]
 
     async def send(self, msg: OutboundMessage) -> None:
         outbox = keys.webchat_outbox(msg.tenant, msg.user_id)

@@ -119,6 +119,10 @@ class Stack:
     def hook(self, channel: str, tenant: str) -> str:
         return f"{self.url}/webhooks/{channel}/{tenant}"
 
+    async def chat_auth(self, tenant: str, user: str) -> dict[str, str]:
+        """The header the chat page sends for ``user`` (the token the server signs it with)."""
+        return {"X-Chat-Token": await self.services.webchat.token(tenant, user)}
+
     async def idle(self) -> None:
         """Wait for every drain started so far (in process) to finish."""
         scheduler = self.services.ingest.scheduler

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -256,20 +257,38 @@ async def test_vk_wrong_secret_is_403(s: Stack) -> None:
 
 
 async def test_web_chat_round_trip(s: Stack, http: httpx.AsyncClient) -> None:
-    user = f"web-{user_id()}"
+    page = await http.get(f"{s.url}/chat/{s.a}")
+    user = re.search(r'data-user="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    token = re.search(r'data-token="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    auth = {"X-Chat-Token": token}
     api = f"{s.url}/chat/{s.a}/messages"
-    posted = await http.post(api, json={"user_id": user, "text": "hi", "event_id": f"{user}-1"})
+    posted = await http.post(api, json={"user_id": user, "text": "hi", "event_id": f"{user}-1"}, headers=auth)
     assert posted.status_code == 202 and posted.json()["duplicate"] is False
-    polled = (await http.get(api, params={"user_id": user, "after": 0, "wait": 10})).json()
+    polled = (await http.get(api, params={"user_id": user, "after": 0, "wait": 10}, headers=auth)).json()
     replies = polled["replies"]
     assert replies and replies[0]["index"] == 1 and "Demo Salon" in replies[0]["text"]
     await s.idle()
-    everything = (await http.get(api, params={"user_id": user, "after": 0, "wait": 0})).json()["replies"]
+    everything = (await http.get(api, params={"user_id": user, "after": 0, "wait": 0}, headers=auth)).json()["replies"]
     assert {b["label"] for r in everything for b in r["buttons"]} >= SERVICES
-    again = await http.post(api, json={"user_id": user, "text": "hi", "event_id": f"{user}-1"})
+    again = await http.post(api, json={"user_id": user, "text": "hi", "event_id": f"{user}-1"}, headers=auth)
     assert again.status_code == 202 and again.json()["duplicate"] is True
     last = everything[-1]["index"]
-    assert (await http.get(api, params={"user_id": user, "after": last, "wait": 0.2})).json()["replies"] == []
+    tail = await http.get(api, params={"user_id": user, "after": last, "wait": 0.2}, headers=auth)
+    assert tail.json()["replies"] == []
+
+
+async def test_web_chat_needs_the_token_issued_for_that_user(s: Stack, http: httpx.AsyncClient) -> None:
+    """Knowing someone's user_id is not enough to read their replies or to write as them."""
+    victim, intruder = f"web-{user_id()}", f"web-{user_id()}"
+    await http.post(f"{s.url}/chat/{s.a}/messages", json={"user_id": victim, "text": "hi"},
+                    headers=await s.chat_auth(s.a, victim))  # fmt: skip
+    api = f"{s.url}/chat/{s.a}/messages"
+    params = {"user_id": victim, "after": 0, "wait": 0}
+    for headers in ({}, {"X-Chat-Token": "0" * 64}, await s.chat_auth(s.a, intruder), await s.chat_auth(s.b, victim)):
+        assert (await http.get(api, params=params, headers=headers)).status_code == 401
+        posted = await http.post(api, json={"user_id": victim, "text": "cancel my booking"}, headers=headers)
+        assert posted.status_code == 401
+    assert (await http.get(api, params=params, headers=await s.chat_auth(s.a, victim))).status_code == 200
 
 
 # --- tenants and webhook registration ---------------------------------------------------------------------

@@ -175,8 +175,9 @@ async def test_redis_and_database_down_give_503_not_500(s: Stack) -> None:
                 f"/webhooks/telegram/{s.a}", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": A.tg_secret}
             )
             assert answer.status_code == 503
-            answer = await http.post(f"/chat/{s.a}/messages", json={"user_id": "u1", "text": "hi"})
-            assert answer.status_code == 503
+            post = {"user_id": "u1", "text": "hi"}
+            answer = await http.post(f"/chat/{s.a}/messages", json=post, headers={"X-Chat-Token": "t"})
+            assert answer.status_code == 503  # checking the token needs Redis too
     finally:
         await dead_redis.aclose()
         await dead_db.dispose()
@@ -205,14 +206,16 @@ async def test_long_poll_wakes_up_when_a_reply_arrives(s: Stack, http: httpx.Asy
 
     started = time.monotonic()
     sender = asyncio.create_task(later())
-    answer = await http.get(f"/chat/{s.a}/messages", params={"user_id": user, "after": 0, "wait": 10})
+    auth = await s.chat_auth(s.a, user)
+    answer = await http.get(f"/chat/{s.a}/messages", params={"user_id": user, "after": 0, "wait": 10}, headers=auth)
     await sender
     assert time.monotonic() - started < 3
     assert answer.json() == {
         "replies": [{"index": 1, "text": "Pick a time", "buttons": [{"label": "17:00", "data": "time:17:00"}]}],
         "last": 1,
     }
-    empty = await http.get(f"/chat/{s.a}/messages", params={"user_id": user, "after": 1, "wait": 0})
+    empty = await http.get(f"/chat/{s.a}/messages", params={"user_id": user, "after": 1, "wait": 0}, headers=auth)
     assert empty.json() == {"replies": [], "last": 1}
-    other_tenant = await http.get(f"/chat/{s.b}/messages", params={"user_id": user, "after": 0, "wait": 0})
-    assert other_tenant.json()["replies"] == []
+    params = {"user_id": user, "after": 0, "wait": 0}
+    other_tenant = await http.get(f"/chat/{s.b}/messages", params=params, headers=await s.chat_auth(s.b, user))
+    assert other_tenant.json()["replies"] == []  # the same user id at another tenant is another outbox

@@ -42,6 +42,7 @@ class Chat:
     url: str
     tenant: str
     runtime: Runtime
+    services: Services
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ async def chat(services_env: dict[str, str]) -> AsyncIterator[Chat]:
     # The page's long poll (up to 25 s) outlives the closed browser: cut it at shutdown instead of waiting.
     server.config.timeout_graceful_shutdown = 1
     try:
-        yield Chat(f"{url}/chat/{tenant}", tenant, runtime)
+        yield Chat(f"{url}/chat/{tenant}", tenant, runtime, services)
     finally:
         server.should_exit = True
         await task
@@ -148,7 +149,9 @@ async def test_a_customer_books_through_the_page(chat: Chat, browser: BrowserCon
         (b.service, b.name, b.phone, f"{b.start:%a} {b.start.day} {b.start:%b}", f"{b.start:%H:%M}") for b in bookings
     ] == [("haircut", "John", PHONE, day, time)]
     # One post per answer, each with its own event id (the server's dedupe key), all from the browser's user id.
-    user = await page.evaluate("JSON.parse(localStorage['bookingbot.user_id'])")
+    identity = await page.evaluate(f"JSON.parse(localStorage['bookingbot.identity.{chat.tenant}'])")
+    user = identity["user"]
+    assert await chat.services.webchat.authorized(chat.tenant, user, identity["token"])  # the server signed it
     assert [bool(post.get("button")) for post in posts] == [False, True, True, False, False, False]
     assert len({post["event_id"] for post in posts}) == len(posts) and {post["user_id"] for post in posts} == {user}
     assert bookings[0].customer.endswith(user)
