@@ -105,6 +105,32 @@ async def pg_calendars(pg_engine: AsyncEngine) -> AsyncIterator[MakeCalendar]:
 # -- free slots ------------------------------------------------------------------------------------------------
 
 
+async def test_availability_cache_is_reused_until_a_write_of_ours_or_its_expiry(calendars: MakeCalendar) -> None:
+    """Another process's booking shows up after ``cache_seconds``; this instance's own write at once."""
+    ours = calendars(cache_seconds=0.5)
+    theirs = calendars(ours.tenant)  # the same tenant in another process
+    assert "17:00" in hhmm(await ours.free_slots("haircut", TUESDAY, TUESDAY, NOW))
+    await theirs.book(request(at(TUESDAY, "17:00"), customer="tg:2"))
+    assert "17:00" in hhmm(await ours.free_slots("haircut", TUESDAY, TUESDAY, NOW))  # still the cached answer
+    await asyncio.sleep(0.6)
+    assert "17:00" not in hhmm(await ours.free_slots("haircut", TUESDAY, TUESDAY, NOW))  # expired: read afresh
+    await ours.free_slots("haircut", TUESDAY, TUESDAY, NOW)  # cached again
+    await ours.book(request(at(TUESDAY, "11:00")))
+    assert "11:00" not in hhmm(await ours.free_slots("haircut", TUESDAY, TUESDAY, NOW))  # our write: no wait
+
+
+async def test_availability_cache_forgets_old_answers(calendars: MakeCalendar) -> None:
+    """Each minute asks under a new key; expired answers are swept, so a long-running process stays small."""
+    cal = calendars(cache_seconds=0.05)
+    for minute in range(300):
+        await cal.free_slots("haircut", TUESDAY, TUESDAY, NOW + timedelta(minutes=minute))
+        if minute == 150:
+            await asyncio.sleep(0.1)  # everything cached so far expires
+    assert len(cal._free) <= 256
+
+
+
+
 async def test_free_slots_follow_hours_step_and_duration(calendars: MakeCalendar) -> None:
     cal = calendars()
     haircut = await cal.free_slots("haircut", TUESDAY, TUESDAY, NOW)

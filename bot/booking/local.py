@@ -64,6 +64,7 @@ _BLOCK = "block:"
 _RANGE = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
 
 Clock = Callable[[], datetime]
+_CACHE_PRUNE_AT = 256  # free-slot answers held before the expired ones are swept
 
 
 def _minutes(moment: datetime) -> int:
@@ -173,8 +174,16 @@ class LocalCalendar:
             busy = await self._busy_cells(starts[0], starts[-1] + minutes)
             free = [self._local(s) for s in starts if busy.isdisjoint(range(s, s + minutes, self._cell))]
         if self.cache_seconds > 0:
-            self._free[key] = (time_monotonic() + self.cache_seconds, tuple(free))
+            self._remember(key, tuple(free))
         return free
+
+    def _remember(self, key: tuple[str, date, date, int], free: tuple[datetime, ...]) -> None:
+        """Cache a free-slot answer. Keys carry the minute they were asked in, so old ones are dropped as new
+        ones come: the cache holds what the last ``cache_seconds`` asked, not every minute since start-up."""
+        now = time_monotonic()
+        if len(self._free) >= _CACHE_PRUNE_AT:
+            self._free = {k: v for k, v in self._free.items() if v[0] > now}
+        self._free[key] = (now + self.cache_seconds, free)
 
     async def is_open(self, day: date) -> bool:
         return bool(self._hours.get(day.weekday()))
