@@ -64,8 +64,13 @@ class WebChat:
     async def _secret(self, tenant: str) -> bytes:
         if tenant not in self._secrets:
             key = keys.webchat_secret(tenant)
-            await self._redis.set(key, secrets.token_hex(32), nx=True)  # the first process to ask creates it
-            self._secrets[tenant] = str(await self._redis.get(key)).encode()
+            value = await self._redis.get(key)
+            if value is None:  # the first process to ask creates it; a racing one reads the winner's
+                await self._redis.set(key, secrets.token_hex(32), nx=True)
+                value = await self._redis.get(key)
+            if value is None:
+                raise RedisError(f"{key} vanished while it was being created")  # the routes answer 503
+            self._secrets[tenant] = str(value).encode()
         return self._secrets[tenant]
 
     async def send(self, msg: OutboundMessage) -> None:
