@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.aiogram_baseline import EXPECTED_DATA, TURNS, measure_aiogram
+from bench.latency import percentile_ms
 from bot.config import load_config
 from bot.pipeline import Pipeline
 from bot.runtime import Runtime, Tenant
@@ -47,8 +48,7 @@ class Stats:
         return self.turns / self.seconds
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile_ms(self.latencies, round(q * 100))
 
     def row(self, name: str, conversations: int) -> str:
         return f"| {name} | {conversations} | {self.per_second:,.0f} | {self.pct(0.50):.2f} | {self.pct(0.99):.2f} |"

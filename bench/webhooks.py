@@ -51,7 +51,6 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from aiohttp import web
 from arq.constants import health_check_key_suffix
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.latency import percentile_ms
 from bot import keys
 from bot.config import load_config
 from bot.pipeline import Pipeline
@@ -101,13 +101,6 @@ class BenchError(Exception):
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def percentile_ms(seconds: Sequence[float], p: int) -> float:
-    """The ``p``-th percentile of durations in seconds, in ms (nan when there are fewer than two)."""
-    if len(seconds) < 2:
-        return float("nan")
-    return statistics.quantiles(seconds, n=100, method="inclusive")[p - 1] * 1000
 
 
 # --- the Telegram double, in its own process, streaming when each reply arrived ------------------------------
