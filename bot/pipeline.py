@@ -89,9 +89,10 @@ class Pipeline:
             event_id=msg.event_id,
         )
         self.rt.log.add(inbound)
-        for reply in turn.replies:
+        for seq, reply in enumerate(turn.replies, start=1):
             self.rt.log.add(
                 inbound.model_copy(
                     update={"direction": "out", "text": reply.text, "button": None, "voice": None, "phone": None}
+                    | {"seq": seq}
                 )
             )
