@@ -7,8 +7,9 @@
 
 The writer never dies and never writes a row twice:
 - any failure (SQLAlchemy's, asyncpg's, the network's) keeps the batch queued and is retried with backoff;
-- every row has a natural key (conversation, event id, direction, ``seq``) and is inserted with ON CONFLICT DO
-  NOTHING, so a batch whose commit was never acknowledged can be written again;
+- every row has a natural key (conversation, event id, direction, ``seq``), unique in the table; a batch is
+  written by COPY, and once it has failed, retried as INSERT ... ON CONFLICT DO NOTHING, so a batch whose
+  commit was never acknowledged is written again without doubles;
 - text is cleaned of what PostgreSQL refuses (NUL, unpaired surrogates) as it is written;
 - a row the database itself refuses (a data or constraint error, found by writing the failed batch row by row)
   is dropped, and so is a row added while ``max_backlog`` rows wait: each with a log line and
@@ -74,8 +75,8 @@ class LoggedMessage(BaseModel):
 _COLUMNS = tuple(LoggedMessage.model_fields)
 _KEY = ("tenant", "conversation", "event_id", "direction", "seq")
 _TYPES = {"at": "timestamptz[]", "seq": "integer[]"}
-# One statement for the whole batch: the rows travel as one array per column (a single round trip, a cached
-# prepared statement), and rows already written by an unacknowledged earlier attempt are skipped.
+# A retried batch: one statement, the rows as one array per column (a single round trip, a cached prepared
+# statement); rows already written by an unacknowledged earlier attempt are skipped.
 _PG_INSERT = text(
     f"INSERT INTO {MESSAGES.name} ({', '.join(_COLUMNS)}) "
     f"SELECT {', '.join(_COLUMNS)} FROM unnest("
@@ -91,14 +92,25 @@ def _values(row: LoggedMessage) -> dict[str, Any]:
     return {c: storable(v) if isinstance(v := getattr(row, c), str) else v for c in _COLUMNS}
 
 
-async def _insert_messages(conn: AsyncConnection, batch: list[LoggedMessage]) -> None:
-    """Append a batch to ``messages``, skipping rows already there."""
+async def _insert_messages(conn: AsyncConnection, batch: list[LoggedMessage], *, retry: bool) -> None:
+    """Append a batch to ``messages``.
+
+    On PostgreSQL a first attempt is a binary COPY: the cheapest way in (about 2/3 of the cost of the
+    INSERT below), and it cannot write a row twice either: a row already there fails it on the unique key. A
+    retry (the batch failed once, so its commit may have landed unacknowledged) is an INSERT that skips the
+    rows already there; SQLite always takes that INSERT (cheap there)."""
     rows = [_values(row) for row in batch]
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name != "postgresql":
+        stmt = dialect_insert(conn, MESSAGES).on_conflict_do_nothing(index_elements=list(_KEY))
+        await conn.execute(stmt, rows)
+    elif retry:
         await conn.execute(_PG_INSERT, {c: [row[c] for row in rows] for c in _COLUMNS})
-        return
-    stmt = dialect_insert(conn, MESSAGES).on_conflict_do_nothing(index_elements=list(_KEY))
-    await conn.execute(stmt, rows)
+    else:
+        driver = (await conn.get_raw_connection()).driver_connection
+        if driver is None:
+            raise StorageError("message log: the database connection is closed")
+        records = [tuple(row[c] for c in _COLUMNS) for row in rows]
+        await driver.copy_records_to_table(MESSAGES.name, records=records, columns=_COLUMNS)
 
 
 def _refused_row(exc: BaseException) -> bool:
@@ -157,6 +169,7 @@ class MessageLog:
         self._lock = asyncio.Lock()  # one writer at a time keeps rows in the order they were added
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._retrying = False  # the head of the queue failed a write: some of it may be written already
         self._touched: dict[tuple[str, str], datetime] = {}  # conversation -> last_at this process wrote
 
     @property
@@ -215,14 +228,18 @@ class MessageLog:
         async with self._lock:
             while self._pending:
                 batch = self._pending[: self.batch_size]
+                retry = self._retrying
                 try:
-                    await self._write(batch)
+                    await self._write(batch, retry=retry)
                 except Exception as exc:
                     metrics.LOG_WRITE_ERRORS.inc()
+                    self._retrying = True
                     if not _refused_row(exc):
                         raise StorageError(f"message log: cannot write {len(batch)} rows: {exc!r}") from exc
-                    await self._write_one_by_one(batch)
-                    continue
+                    if retry:  # refused even with the rows already there skipped: find the rows at fault
+                        await self._write_one_by_one(batch)
+                    continue  # (a first refusal may be a row already there: retried at once, skipping those)
+                self._retrying = False
                 self._done(len(batch))  # only once written: a failed batch is retried, not lost
             self._has_rows.clear()
             self._full.clear()
@@ -231,7 +248,7 @@ class MessageLog:
         """Find the rows the database refuses in a failed batch: each is dropped, the others written."""
         for row in batch:
             try:
-                await self._write([row])
+                await self._write([row], retry=True)
             except Exception as exc:
                 metrics.LOG_WRITE_ERRORS.inc()
                 if not _refused_row(exc):
@@ -315,10 +332,10 @@ class MessageLog:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), delay)
 
-    async def _write(self, batch: list[LoggedMessage]) -> None:
+    async def _write(self, batch: list[LoggedMessage], *, retry: bool) -> None:
         spans = self._spans_to_touch(batch)
         async with asyncio.timeout(self.write_timeout), self.engine.begin() as conn:
-            await _insert_messages(conn, batch)
+            await _insert_messages(conn, batch, retry=retry)
             if spans:
                 await self._touch_conversations(conn, spans)
         if len(self._touched) > _TOUCHED_MAX:
