@@ -17,6 +17,7 @@ WhatsApp ``X-Hub-Signature-256`` wrong or missing      401 (the GET handshake's 
 VK ``secret`` wrong (or another community's event)     403 (VK puts the secret in the body)
 unknown tenant, channel not configured for the tenant  404
 body over 1 MB (``Content-Length`` or streamed)        413
+body not received within 10 s (trickled)               408 (:mod:`bot.bodydeadline`)
 update type we do not handle                           200, ignored
 Redis unreachable                                      503 (the provider redelivers later)
 =====================================================  ==========================================
@@ -40,6 +41,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from bot import metrics
+from bot.bodydeadline import BODY_TIMEOUT_S, BodyDeadline, BodyTimeout
 from bot.exceptions import ChannelNotConfigured
 from bot.ingest import Accepted, InProcess
 from bot.runtime import Runtime
@@ -57,7 +59,8 @@ CHAT_TOKEN_HEADER = "X-Chat-Token"
 MAX_BODY = 1024 * 1024
 READY_TIMEOUT_S = 2.0
 BAD_SIGNATURE_STATUS = {"telegram": 401, "whatsapp": 401, "vk": 403}
-_USER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_USER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_MAX_AFTER = 2**62  # an outbox index; larger ones are no index Redis could hold
 _PAGE = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
@@ -94,9 +97,16 @@ def drains_in_process(settings: Settings, in_process: bool | None) -> bool:
     return settings.redis_url is None if in_process is None else in_process
 
 
-def create_app(settings: Settings, *, services: Services | None = None, in_process: bool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    in_process: bool | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> FastAPI:
     """The app. Without ``services`` it starts its own :class:`Runtime` on startup (closed on shutdown);
-    ``in_process`` (default: embedded mode, i.e. no ``redis_url``) runs drains in this process."""
+    ``in_process`` (default: embedded mode, i.e. no ``redis_url``) runs drains in this process;
+    ``body_timeout_s``: how long a request body may take to arrive."""
     state = _State(services)
     run_in_process = drains_in_process(settings, in_process)
 
@@ -112,6 +122,8 @@ def create_app(settings: Settings, *, services: Services | None = None, in_proce
             await _stop(state, owned)
 
     app = FastAPI(title="bookingbot", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyDeadline, seconds=body_timeout_s)
+    app.add_exception_handler(BodyTimeout, _body_timeout)
     _webhook_routes(app, state)
     _chat_routes(app, state)
     _ops_routes(app, state)
@@ -144,11 +156,15 @@ def _refusal(exc: _Refused) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status)
 
 
+async def _body_timeout(_request: Request, exc: Exception) -> Response:
+    return _refusal(_Refused(408, str(exc)))
+
+
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise _Refused(400, "bad Content-Length")
-    if declared is not None and int(declared) > MAX_BODY:
+    if declared is not None and (len(declared) > len(str(MAX_BODY)) or int(declared) > MAX_BODY):
         raise _Refused(413, "body over 1 MB")
     chunks: list[bytes] = []
     size = 0
@@ -287,14 +303,14 @@ async def _authorize(services: Services, request: Request, tenant: str, user_id:
 def _poll_params(request: Request) -> tuple[str, int, float]:
     params = request.query_params
     user_id = params.get("user_id", "")
-    if not _USER_ID.match(user_id):
+    if not _USER_ID.fullmatch(user_id):
         raise _Refused(400, "user_id: 1-64 of A-Z a-z 0-9 _ . : -")
     try:
         after = int(params.get("after", "0"))
         wait_s = float(params.get("wait", str(MAX_WAIT_S)))
     except ValueError:
         raise _Refused(400, "after must be an integer and wait a number of seconds") from None
-    if after < 0 or not 0 <= wait_s <= MAX_WAIT_S:
+    if not 0 <= after <= _MAX_AFTER or not 0 <= wait_s <= MAX_WAIT_S:
         raise _Refused(400, f"after must be >= 0 and wait within 0-{MAX_WAIT_S:g}")
     return user_id, after, wait_s
 

@@ -35,11 +35,12 @@ from aiogram.methods import (
     TelegramMethod,
 )
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from channels.base import (
     ChannelName,
     InboundMessage,
+    Int64,
     MediaRef,
     OutboundMessage,
     OutButton,
@@ -65,6 +66,7 @@ MAX_PER_ROW = 8
 _FAILURES = (TelegramAPIError, ClientDecodeError, aiohttp.ClientError, TimeoutError)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 UPDATES = ["message", "callback_query"]  # what set_webhook subscribes to
+_INT64: TypeAdapter[int] = TypeAdapter(Int64)
 
 
 class TelegramSettings(BaseModel):
@@ -94,10 +96,9 @@ class TelegramChannel:
 
     def parse(self, tenant: str, body: bytes) -> ParseResult:
         try:
-            update = Update.model_validate_json(body)
+            msg = _inbound(tenant, Update.model_validate_json(body))
         except ValidationError as exc:
             raise BadPayload(f"not a Telegram update: {exc.errors()[0]['msg']}") from exc
-        msg = _inbound(tenant, update)
         return ParseResult(messages=[msg] if msg else [])
 
     async def send(self, msg: OutboundMessage) -> None:
@@ -175,7 +176,12 @@ def telegram_error(exc: BaseException) -> SendError:
 
 
 def _inbound(tenant: str, update: Update) -> InboundMessage | None:
+    """The update as a message; ids outside 64 bits (aiogram takes any integer) are a BadPayload."""
+    _INT64.validate_python(update.update_id)
     if update.message is not None:
+        _INT64.validate_python(update.message.chat.id)
+        if update.message.from_user is not None:
+            _INT64.validate_python(update.message.from_user.id)
         return _from_message(tenant, str(update.update_id), update.message)
     if update.callback_query is not None:
         return _from_callback(tenant, str(update.update_id), update.callback_query)
@@ -206,6 +212,9 @@ def _from_message(tenant: str, event_id: str, message: Message) -> InboundMessag
 def _from_callback(tenant: str, event_id: str, query: CallbackQuery) -> InboundMessage | None:
     if query.data is None:  # a game button: not ours
         return None
+    _INT64.validate_python(query.from_user.id)
+    if query.message is not None:
+        _INT64.validate_python(query.message.chat.id)
     on = query.message
     return InboundMessage(
         tenant=tenant,

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,10 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from channels.base import (
     ChannelName,
     InboundMessage,
+    Int64,
     MediaRef,
     OutboundMessage,
     OutButton,
     ParseResult,
+    epoch,
 )
 from channels.exceptions import (
     BadPayload,
@@ -40,6 +41,7 @@ from channels.exceptions import (
 from channels.render import layout, numbered, shorten, split_text
 
 TEXT_LIMIT = 4096
+PAYLOAD_LIMIT = 255  # characters of a keyboard button's payload
 MAX_BUTTONS, MAX_ROWS, MAX_PER_ROW, LABEL_LIMIT = 10, 6, 5, 40  # inline keyboard
 OK = "ok"
 WEBHOOK_TITLE = "bookingbot"  # the callback server's name in the community settings (VK allows 14 chars)
@@ -69,9 +71,14 @@ class VKChannel:
         self.http = httpx.AsyncClient(timeout=timeout)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        """VK signs nothing: the community's ``secret`` travels in the body of every event."""
+        """VK signs nothing: the community's ``secret`` travels in the body of events. VK does not promise it
+        on ``confirmation`` (which only hands out the public confirmation string): one without a secret is
+        answered when the community matches; a wrong secret is refused on every event."""
         event = _event(body)
-        if not hmac.compare_digest(event.secret.encode(), self.settings.secret.encode()):
+        unsigned_confirmation = event.secret is None and event.type == "confirmation"
+        if not unsigned_confirmation and not hmac.compare_digest(
+            (event.secret or "").encode(), self.settings.secret.encode()
+        ):
             raise BadSignature("wrong secret")
         if event.group_id != self.settings.group_id:
             raise BadSignature(f"event for community {event.group_id}, not {self.settings.group_id}")
@@ -207,15 +214,15 @@ class _Loose(BaseModel):
 
 class _Event(_Loose):
     type: str
-    group_id: int
+    group_id: Int64
     event_id: str = ""
-    secret: str = ""
+    secret: str | None = None
     object: dict[str, Any] = Field(default_factory=dict)
 
 
 class _AudioMessage(_Loose):
-    id: int
-    owner_id: int
+    id: Int64
+    owner_id: Int64
     link_ogg: str | None = None
 
 
@@ -225,9 +232,9 @@ class _Attachment(_Loose):
 
 
 class _Message(_Loose):
-    from_id: int
-    peer_id: int
-    date: int | None = None
+    from_id: Int64
+    peer_id: Int64
+    date: int | None = None  # any integer: epoch() ignores impossible times
     text: str = ""
     payload: str | None = None
     attachments: list[_Attachment] = Field(default_factory=list)
@@ -238,11 +245,11 @@ class _NewMessage(_Loose):
 
 
 class _ButtonEvent(_Loose):
-    user_id: int
-    peer_id: int
+    user_id: Int64
+    peer_id: Int64
     event_id: str
     payload: Any = None
-    conversation_message_id: int | None = None
+    conversation_message_id: Int64 | None = None
 
 
 def _event(body: bytes) -> _Event:
@@ -281,7 +288,7 @@ def _from_message(tenant: str, event_id: str, message: _Message) -> InboundMessa
         text="" if button is not None else message.text,
         button=button,
         voice=voice,
-        sent_at=datetime.fromtimestamp(message.date, UTC) if message.date is not None else None,
+        sent_at=epoch(message.date),
     )
 
 
@@ -306,8 +313,12 @@ def _voice(audio: _AudioMessage) -> MediaRef:
 
 
 def _json(raw: str | None) -> Any:
+    """A button's JSON payload; VK caps payloads at 255 characters, so a longer one is no button of ours
+    (and cannot nest deep enough to exhaust the parser's recursion)."""
+    if not raw or len(raw) > PAYLOAD_LIMIT:
+        return None
     try:
-        return json.loads(raw) if raw else None
+        return json.loads(raw)
     except ValueError:
         return None
 

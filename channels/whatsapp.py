@@ -16,7 +16,6 @@ import hmac
 import logging
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
@@ -29,6 +28,7 @@ from channels.base import (
     OutboundMessage,
     OutButton,
     ParseResult,
+    epoch,
     header,
 )
 from channels.exceptions import (
@@ -108,16 +108,16 @@ class WhatsAppChannel:
         (Meta sends them to the same app) are skipped."""
         try:
             hook = _Webhook.model_validate_json(body)
+            messages = [
+                msg
+                for entry in hook.entry
+                for change in entry.changes
+                if change.field == "messages" and change.value.phone_number_id == self.settings.phone_number_id
+                for message in change.value.messages
+                if (msg := _inbound(tenant, message, change.value.contacts)) is not None
+            ]
         except ValidationError as exc:
             raise BadPayload(f"not a WhatsApp webhook: {exc.errors()[0]['msg']}") from exc
-        messages = [
-            msg
-            for entry in hook.entry
-            for change in entry.changes
-            if change.field == "messages" and change.value.phone_number_id == self.settings.phone_number_id
-            for message in change.value.messages
-            if (msg := _inbound(tenant, message, change.value.contacts)) is not None
-        ]
         return ParseResult(messages=messages)
 
     async def send(self, msg: OutboundMessage) -> None:
@@ -263,7 +263,7 @@ class _Message(_Loose):
     type: str
     sender: str | None = Field(default=None, alias="from")
     from_user_id: str | None = None
-    timestamp: int | None = None
+    timestamp: int | None = None  # any integer: epoch() ignores impossible times
     text: _Text | None = None
     interactive: _Interactive | None = None
     button: _QuickReply | None = None
@@ -310,14 +310,13 @@ def _inbound(tenant: str, message: _Message, senders: list[_Sender]) -> InboundM
     if content is None or who is None:
         return None
     user_id, phone = who
-    sent_at = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp is not None else None
     return InboundMessage(
         tenant=tenant,
         channel="whatsapp",
         user_id=user_id,
         chat_id=phone if phone != user_id else None,
         event_id=message.id,
-        sent_at=sent_at,
+        sent_at=epoch(message.timestamp),
         **content,
     )
 
