@@ -43,6 +43,11 @@ bench: install  # bench/turns.py; `make bench-webhooks` for the server
 bench-webhooks: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.webhooks
 
+# Fault injection on real serve/worker processes: a worker killed, Redis killed and restarted; see bench/faults.py.
+.PHONY: bench-faults
+bench-faults: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.faults
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
 
