@@ -38,6 +38,11 @@ test: lint typecheck unit
 bench: install  # bench/turns.py; `make bench-webhooks` for the server
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.turns
 
+# CPU time of `bookingbot --help`, `check-config` and `extract` next to bare Python (last line cli_startup_ms=X).
+.PHONY: bench-cli
+bench-cli: install
+	$(BIN)/python -m bench.cli
+
 # Real `bookingbot serve` / `worker` processes under wrk and 200 conversations; see bench/webhooks.py.
 .PHONY: bench-webhooks
 bench-webhooks: install

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import shutil
@@ -12,16 +11,25 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.config import check_config, config_path, load_config
 from bot.exceptions import ConfigError
-from bot.settings import Settings
 
-Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+# A command returns its exit status, or a coroutine giving it when it needs the event loop (importing asyncio
+# and uvloop is a measurable part of a short command's start-up).
+Command = Callable[[argparse.Namespace], int | Coroutine[Any, Any, int]]
+
+
+# Each command imports what it needs when it runs: `bookingbot --help` loads no pydantic model, YAML parser
+# or SDK (see bench/cli.py).
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from bot.config import config_path, load_config
+
     return load_config(config_path(args.config))
 
 
@@ -32,7 +40,9 @@ def _now(value: str | None) -> datetime:
     return moment
 
 
-async def cmd_check_config(args: argparse.Namespace) -> int:
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from bot.config import check_config, config_path
+
     problems = check_config(config_path(args.config))
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -41,8 +51,8 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-async def cmd_extract(args: argparse.Namespace) -> int:
-    from bot.runtime import tenant_profile
+def cmd_extract(args: argparse.Namespace) -> int:
+    from bot.profile import tenant_profile
     from dialogs.extract import ExtractContext, extract_all
 
     settings = _settings(args)
@@ -61,7 +71,7 @@ async def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_graph(args: argparse.Namespace) -> int:
+def cmd_graph(args: argparse.Namespace) -> int:
     from dialogs.graph import to_dot, to_mermaid
     from dialogs.loader import builtin_template
 
@@ -222,6 +232,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:
+        import asyncio
+
         return asyncio.run(coro)
     return uvloop.run(coro)
 
@@ -231,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         command: Command = args.func
-        return _run(command(args))
+        outcome = command(args)
+        return outcome if isinstance(outcome, int) else _run(outcome)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

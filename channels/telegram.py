@@ -35,7 +35,7 @@ from aiogram.methods import (
     TelegramMethod,
 )
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from channels.base import (
     ChannelName,
@@ -55,6 +55,7 @@ from channels.exceptions import (
     Unreachable,
 )
 from channels.render import layout, numbered, split_text, utf16_len
+from channels.settings import TelegramSettings
 
 T = TypeVar("T")
 
@@ -65,16 +66,6 @@ MAX_PER_ROW = 8
 _FAILURES = (TelegramAPIError, ClientDecodeError, aiohttp.ClientError, TimeoutError)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 UPDATES = ["message", "callback_query"]  # what set_webhook subscribes to
-
-
-class TelegramSettings(BaseModel):
-    """Same keys as ``channels.telegram`` in config.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    token: str = Field(pattern=r"^\d+:[A-Za-z0-9_-]+$")
-    webhook_secret: str = Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")  # Telegram's rule for secret_token
-    api_base: str = "https://api.telegram.org"
 
 
 class TelegramChannel:

@@ -38,6 +38,7 @@ from channels.exceptions import (
     Unreachable,
 )
 from channels.render import layout, numbered, shorten, split_text
+from channels.settings import VKSettings
 
 TEXT_LIMIT = 4096
 MAX_BUTTONS, MAX_ROWS, MAX_PER_ROW, LABEL_LIMIT = 10, 6, 5, 40  # inline keyboard
@@ -46,19 +47,6 @@ WEBHOOK_TITLE = "bookingbot"  # the callback server's name in the community sett
 
 _BACKOFF = {1, 6, 9, 10}  # unknown error, too many requests per second, flood control, internal server error
 _UNREACHABLE = {900, 901, 902}  # user blacklisted us, has not allowed messages, privacy settings
-
-
-class VKSettings(BaseModel):
-    """Same keys as ``channels.vk`` in config.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    group_id: int
-    access_token: str
-    secret: str
-    confirmation: str
-    api_base: str = "https://api.vk.com/method"
-    api_version: str = "5.199"
 
 
 class VKChannel:

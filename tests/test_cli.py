@@ -14,10 +14,13 @@ from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-23T09:00:00+00:00"
+# A generous bound for a short command on a loaded machine: it is a deadline, not a speed check (bench/cli.py
+# measures start-up).
+DEADLINE = 180
 
 
 def run(
-    args: list[str], *, stdin: str = "", env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: int = 60
+    args: list[str], *, stdin: str = "", env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: int = DEADLINE
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", *args],
@@ -67,7 +70,24 @@ def test_extract_prints_slots() -> None:
 
 def test_extract_ru() -> None:
     out = run(["extract", "--tenant", "demo-ru", "--text", "маникюр в пятницу в 15:00", "--now", NOW])
+    assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"service": "manicure", "date": "2026-11-27", "time": "15:00"}
+
+
+@pytest.mark.parametrize("module", ["bot.cli", "bot.settings", "bot.config", "bot.runtime", "bot.booking.local"])
+def test_reading_the_config_does_not_import_channel_sdks(module: str) -> None:
+    """aiogram costs seconds of CPU to import: only a process that builds a Telegram adapter may load it."""
+    code = f"import sys, {module}; print(sorted(m for m in ('aiogram', 'channels.telegram') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=DEADLINE)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_loads_no_config_machinery() -> None:
+    code = "import sys, bot.cli; print(sorted(m for m in ('pydantic', 'ruamel.yaml') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=DEADLINE)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_check_config_ok_and_bad(tmp_path: Path) -> None:
