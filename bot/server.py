@@ -29,6 +29,7 @@ import contextlib
 import html
 import logging
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -329,25 +330,37 @@ def _ops_routes(app: FastAPI, state: _State) -> None:
 
 
 async def serve(settings: Settings, *, host: str, port: int, in_process: bool | None = None) -> int:
-    """``bookingbot serve``: uvicorn on ``host:port`` until interrupted."""
+    """``bookingbot serve``: uvicorn on ``host:port`` until SIGINT / SIGTERM (see :mod:`bot.lifecycle`)."""
     import uvicorn
 
+    from bot.lifecycle import PortBusy, listen, serve_forever
+
+    try:
+        sock = listen(host, port)
+    except PortBusy as exc:
+        print(exc, file=sys.stderr)
+        return 1
     run_in_process = drains_in_process(settings, in_process)
-    services = Services.build(await Runtime.start(settings), in_process=run_in_process)
+    try:
+        services = Services.build(await Runtime.start(settings), in_process=run_in_process)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(settings, services=services)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     mode = "drains in this process" if run_in_process else "drains by `bookingbot worker`"
-    print(f"bookingbot on http://{shown}:{port} ({mode})", flush=True)
-    for tenant in settings.tenants:
-        print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
     # Web chat long-polls (up to 25 s) would otherwise hold a shutdown for their whole wait.
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="warning", timeout_graceful_shutdown=3
     )
     freeze_startup_objects()  # after the runtime and tenants are built: they are long-lived too
     try:
-        await uvicorn.Server(config).serve()
+        print(f"bookingbot on http://{shown}:{port} ({mode}); Ctrl-C stops", flush=True)
+        for tenant in settings.tenants:
+            print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
+        await serve_forever(config, sock)
     finally:
+        sock.close()
         await services.aclose()
         await services.runtime.aclose()
     return 0
