@@ -173,6 +173,10 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
+    if args.check:
+        from bot.heartbeat import check
+
+        return await check(_settings(args))
     from bot.worker import run_worker
 
     return await run_worker(_settings(args))
@@ -230,7 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True)
     p.add_argument("--workers-inprocess", action="store_true",
                    help="run drains in this process (always so without redis_url)")
-    command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
+    p = command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
+    p.add_argument("--check", action="store_true", help="exit 0 iff a worker's heartbeat is fresh (health check)")
     p = command("set-webhooks", cmd_set_webhooks, "register the webhook URLs with Telegram, WhatsApp and VK")
     p.add_argument("--tenant", help="only this tenant (default: all)")
     p.add_argument("--base-url", required=True, help="public base URL of `bookingbot serve`")

@@ -39,6 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 from bot import keys, metrics
 from bot.channelset import ChannelSet
 from bot.exceptions import ChannelNotConfigured, ConfigError
+from bot.heartbeat import HEARTBEAT_S
 from bot.ingest import (
     DRAIN_JOB,
     ArqQueue,
@@ -261,6 +262,8 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         "job_serializer": dumps_job,
         "job_deserializer": loads_job,
         "keep_result": 0,
+        "health_check_interval": HEARTBEAT_S,  # see bot/heartbeat.py
+        "health_check_key": keys.worker_heartbeat(queue_name),
         "max_jobs": 100,
         "poll_delay": 0.02,  # arq polls its queue; its default 0.5 s put the reply p50 at ~360 ms (bench/webhooks.py)
     }
