@@ -171,7 +171,11 @@ def _parse(text: str, file: str) -> tuple[CommentedMap | None, list[Problem]]:
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         reason = error.problem or error.context
-        return None, [Problem(file, mark.line + 1 if mark else 1, f"invalid YAML: {reason}")]
+        line = mark.line + 1 if mark else 1
+        lines = text.splitlines()
+        if 0 < line <= len(lines) and "\t" in lines[line - 1]:
+            reason = f"{reason} (this line has a tab: use spaces, not tabs, to indent YAML)"
+        return None, [Problem(file, line, f"invalid YAML: {reason}")]
     except ReaderError as error:
         line = text.count("\n", 0, error.position) + 1
         return None, [Problem(file, line, f"invalid YAML: {error.reason}")]

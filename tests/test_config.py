@@ -289,3 +289,11 @@ def test_a_bad_config_leaves_an_earlier_one_untouched() -> None:
         load_config(CONFIGS / "many.yaml", env={})
     assert good.model_dump() == before
     assert load_config(SHIPPED, env={}) == good
+
+
+def test_a_tab_says_use_spaces(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("tenants:\n  demo:\n\tname: Salon\n")
+    problems = check_config(config)
+    assert len(problems) == 1
+    assert problems[0].line == 3 and "use spaces, not tabs" in problems[0].message, problems
