@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,6 +188,18 @@ async def cmd_poll(args: argparse.Namespace) -> int:
     return await poll(_settings(args), args.tenant, in_process=True if args.workers_inprocess else None)
 
 
+async def cmd_bookings(args: argparse.Namespace) -> int:
+    from bot.runtime import Runtime
+    from bot.staff import print_bookings
+
+    runtime = await Runtime.start(_settings(args))
+    try:
+        runtime.tenant(args.tenant)  # ConfigError for an unknown tenant
+        return await print_bookings(runtime, args.tenant, args.day, args.week)
+    finally:
+        await runtime.aclose()
+
+
 async def cmd_set_webhooks(args: argparse.Namespace) -> int:
     from bot.channelset import set_webhooks
 
@@ -236,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="run drains in this process (always so without redis_url)")
     p = command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
     p.add_argument("--check", action="store_true", help="exit 0 iff a worker's heartbeat is fresh (health check)")
+    p = command("bookings", cmd_bookings, "print a tenant's bookings of a day (default: today) or a week")
+    p.add_argument("--tenant", required=True)
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--day", type=date.fromisoformat, help="YYYY-MM-DD (the tenant's local date)")
+    when.add_argument("--week", action="store_true", help="the 7 days from today")
     p = command("set-webhooks", cmd_set_webhooks, "register the webhook URLs with Telegram, WhatsApp and VK")
     p.add_argument("--tenant", help="only this tenant (default: all)")
     p.add_argument("--base-url", required=True, help="public base URL of `bookingbot serve`")

@@ -61,6 +61,7 @@ BAD_SIGNATURE_STATUS = {"telegram": 401, "whatsapp": 401, "vk": 403}
 _USER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _PAGE = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_FAVICON = (Path(__file__).parent / "static" / "favicon.svg").read_bytes()
 
 
 def _chat_page(fills: dict[str, str]) -> str:
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, services: Services | None = None, in_proce
     _webhook_routes(app, state)
     _chat_routes(app, state)
     _ops_routes(app, state)
+    _staff_routes(app, state)
     return app
 
 
@@ -300,7 +302,41 @@ def _poll_params(request: Request) -> tuple[str, int, float]:
     return user_id, after, wait_s
 
 
+def _staff_routes(app: FastAPI, state: _State) -> None:
+    @app.get("/staff/{tenant}", response_class=HTMLResponse)
+    async def staff(tenant: str, request: Request) -> Response:
+        from bot.staff import StaffRefused, staff_page
+
+        try:
+            page = await staff_page(state.require().runtime, tenant, request.query_params.get("token"))
+        except _Refused as exc:
+            return _refusal(exc)
+        except StaffRefused as exc:
+            return _refusal(_Refused(exc.status, str(exc)))
+        return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
 def _ops_routes(app: FastAPI, state: _State) -> None:
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(_FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> Response:
+        """In embedded (demo) mode, the web chats to try; a production server has no public index."""
+        services = state.services
+        if services is None or services.runtime.settings.redis_url:
+            return _refusal(_Refused(404, "nothing here: see /chat/<tenant>"))
+        links = "".join(
+            f'<li><a href="chat/{html.escape(t)}">{html.escape(cfg.name)}</a> ({html.escape(cfg.locale)})</li>'
+            for t, cfg in services.runtime.settings.tenants.items()
+        )
+        return HTMLResponse(
+            '<!doctype html><html><head><meta charset="utf-8"><title>bookingbot demo</title>'
+            '<link rel="icon" href="favicon.ico"></head><body><h1>bookingbot demo</h1>'
+            f"<p>Web chats of the configured tenants:</p><ul>{links}</ul></body></html>"
+        )
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}

@@ -141,6 +141,14 @@ class TenantConfig(Model):
     booking: BookingConfig = Field(default_factory=BookingConfig)
     dialog: DialogConfig = Field(default_factory=DialogConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+    staff_token: str | None = Field(
+        default=None, min_length=16, description="enables /staff/<tenant>?token=...: the read-only bookings page"
+    )
+
+    @field_validator("staff_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `${STAFF_TOKEN:-}` unset: no staff page
 
 
 class Settings(Model):

@@ -140,3 +140,18 @@ def test_export_then_replay_round_trip(services_env: dict[str, str], tmp_path: P
     replay = run(["replay", str(fixture)], env=env)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert replay.stdout.strip().endswith("1 passed, 0 failed")
+
+
+def test_bookings_prints_the_day(services_env: dict[str, str], tmp_path: Path) -> None:
+    config, tenant = _private_tenant_config(tmp_path)
+    env = {**os.environ, **services_env, "BOOKINGBOT_CONFIG": str(config)}
+    script = "hi\nmanicure tomorrow at 2pm\nLucy\n+447700900444\nyes\n"
+    assert run(["chat", "--tenant", tenant, "--now", NOW], stdin=script, env=env).returncode == 0
+    day = run(["bookings", "--tenant", tenant, "--day", "2026-11-24"], env=env)
+    assert day.returncode == 0, day.stderr
+    assert f"{tenant}: 1 booking, Tue 24 Nov 2026" in day.stdout
+    assert "Tue 24 Nov 14:00" in day.stdout and "manicure" in day.stdout and "Lucy" in day.stdout
+    other = run(["bookings", "--tenant", tenant, "--day", "2026-11-25"], env=env)
+    assert f"{tenant}: 0 bookings" in other.stdout
+    bad = run(["bookings", "--tenant", tenant, "--day", "24.11.2026"], env=env)
+    assert bad.returncode == 2 and "invalid fromisoformat value" in bad.stderr
