@@ -92,9 +92,11 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_forever(config: Any, sock: socket.socket) -> Coroutine[Any, Any, None]:
-    """uvicorn on ``sock`` whose first SIGINT / SIGTERM is a graceful shutdown (uvicorn's own signal handling
-    would re-raise the signal after shutting down, cancelling our clean-up half-way)."""
+def serve_forever(
+    config: Any, sock: socket.socket, *, on_stop: Callable[[], None] = lambda: None
+) -> Coroutine[Any, Any, None]:
+    """uvicorn on ``sock`` whose first SIGINT / SIGTERM is a graceful shutdown, ``on_stop`` first (uvicorn's
+    own signal handling would re-raise the signal after shutting down, cancelling our clean-up half-way)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -104,6 +106,7 @@ def serve_forever(config: Any, sock: socket.socket) -> Coroutine[Any, Any, None]
                 yield
 
         def stop(self) -> None:
+            on_stop()
             self.should_exit = True
 
     return Server(config).serve(sockets=[sock])

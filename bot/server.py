@@ -31,9 +31,10 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -53,6 +54,7 @@ from channels.exceptions import BadPayload, BadSignature
 from channels.whatsapp import WhatsAppChannel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHAT_TOKEN_HEADER = "X-Chat-Token"
 MAX_BODY = 1024 * 1024
@@ -82,6 +84,7 @@ class _Refused(Exception):
 class _State:
     services: Services | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set: open long polls answer now
 
     def require(self) -> Services:
         """The services, or a 503 while the app starts up."""
@@ -114,6 +117,7 @@ def create_app(settings: Settings, *, services: Services | None = None, in_proce
             await _stop(state, owned)
 
     app = FastAPI(title="bookingbot", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.stop_long_polls = state.stopping.set  # called by `serve` on SIGINT / SIGTERM
     _webhook_routes(app, state)
     _chat_routes(app, state)
     _ops_routes(app, state)
@@ -271,7 +275,7 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
             services = known(tenant)
             user_id, after, wait_s = _poll_params(request)
             await _authorize(services, request, tenant, user_id)
-            replies = await services.webchat.wait(tenant, user_id, after, wait_s)
+            replies = await _unless_stopping(state, services.webchat.wait(tenant, user_id, after, wait_s))
         except _Refused as exc:
             return _refusal(exc)
         except RedisError as exc:
@@ -279,6 +283,19 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
             return _refusal(_Refused(503, "storage unavailable, retry later"))
         last = replies[-1].index if replies else after
         return JSONResponse({"replies": [r.model_dump() for r in replies], "last": last})
+
+
+async def _unless_stopping(state: _State, waiting: Coroutine[Any, Any, list[T]]) -> list[T]:
+    """A long poll's replies, or none as soon as the server is stopping: the page simply polls again, so a
+    shutdown neither waits for every open poll nor cancels them half-way (tracebacks, 500s)."""
+    poll, stop = asyncio.ensure_future(waiting), asyncio.ensure_future(state.stopping.wait())
+    try:
+        await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (poll, stop):
+            task.cancel()
+        await asyncio.gather(poll, stop, return_exceptions=True)
+    return poll.result() if poll.done() and not poll.cancelled() else []
 
 
 async def _authorize(services: Services, request: Request, tenant: str, user_id: str) -> None:
@@ -394,7 +411,7 @@ async def serve(settings: Settings, *, host: str, port: int, in_process: bool | 
         print(f"bookingbot on http://{shown}:{port} ({mode}); Ctrl-C stops", flush=True)
         for tenant in settings.tenants:
             print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
-        await serve_forever(config, sock)
+        await serve_forever(config, sock, on_stop=app.state.stop_long_polls)
     finally:
         sock.close()
         await services.aclose()

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from ruamel.yaml import YAML
 
@@ -155,3 +161,68 @@ def test_bookings_prints_the_day(services_env: dict[str, str], tmp_path: Path) -
     assert f"{tenant}: 0 bookings" in other.stdout
     bad = run(["bookings", "--tenant", tenant, "--day", "24.11.2026"], env=env)
     assert bad.returncode == 2 and "invalid fromisoformat value" in bad.stderr
+
+
+def _accepted_connections(port: int) -> int:
+    """Established TCP connections on the server side of ``port`` (from /proc/net/tcp)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "01")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_reports_a_busy_port_at_once(embedded_env: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run(["serve", "--port", str(port)], env=embedded_env, cwd=tmp_path)
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and f"--port {port + 10}" in out.stderr
+    assert not (tmp_path / "var").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_with_a_chat_open(embedded_env: dict[str, str], tmp_path: Path, signum: int) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "serve", "--port", str(port)],
+        env=embedded_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        while "web chat of demo-ru" not in (line := proc.stdout.readline()):
+            assert line, "serve ended before printing its URLs"
+        base = f"http://127.0.0.1:{port}"
+        page = httpx.get(f"{base}/chat/demo", headers={"Connection": "close"}, timeout=DEADLINE).text
+        with httpx.Client(timeout=DEADLINE) as client:
+            user = re.search(r'data-user="([^"]+)"', page)
+            token = re.search(r'data-token="([^"]+)"', page)
+            assert user and token
+            polls: list[int] = []
+
+            def long_poll() -> None:
+                url = f"{base}/chat/demo/messages?user_id={user[1]}&after=0&wait=25"
+                polls.append(client.get(url, headers={"X-Chat-Token": token[1]}).status_code)
+
+            waiting = threading.Thread(target=long_poll)
+            waiting.start()
+            deadline = time.monotonic() + DEADLINE
+            while not _accepted_connections(port):  # the poll reached the server (it is waiting for replies)
+                assert time.monotonic() < deadline, "the long poll never connected"
+                time.sleep(0.05)
+            proc.send_signal(signum)
+            proc.wait(timeout=10)
+            waiting.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    assert polls == [200]  # answered (empty), not cut
+    assert not (tmp_path / "var" / "redis.db.settings").exists(), "the embedded Redis was left running"
