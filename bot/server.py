@@ -395,7 +395,7 @@ async def serve(settings: Settings, *, host: str, port: int, in_process: bool | 
         return 1
     run_in_process = drains_in_process(settings, in_process)
     try:
-        services = Services.build(await Runtime.start(settings), in_process=run_in_process)
+        services = Services.build(await Runtime.start_when_reachable(settings), in_process=run_in_process)
     except BaseException:
         sock.close()
         raise
