@@ -53,6 +53,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import keys, metrics
 from bot.channelset import ChannelSet
 from bot.exceptions import ChannelNotConfigured, ConfigError, DeliveryFailed, StorageError
+from bot.heartbeat import HEARTBEAT_S
 from bot.ingest import (
     DRAIN_JOB,
     ArqQueue,
@@ -327,6 +328,8 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         "job_serializer": dumps_job,
         "job_deserializer": loads_job,
         "keep_result": 0,
+        "health_check_interval": HEARTBEAT_S,  # see bot/heartbeat.py
+        "health_check_key": keys.worker_heartbeat(queue_name),
         "max_jobs": 100,
         "poll_delay": 0.02,  # arq polls its queue; its default 0.5 s put the reply p50 at ~360 ms (bench/webhooks.py)
     }
