@@ -158,8 +158,8 @@ class MessageLog:
         self.batch_size = batch_size
         self.interval = interval
         self.max_backlog = max_backlog
-        # a floor: never a burst of instant retries against a database that is down
-        self._backoff = Backoff(base=retry_base, cap=retry_cap, floor=retry_base)
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
         self.write_timeout = write_timeout  # a write stuck on a dead connection is abandoned and retried
         self.close_timeout = close_timeout  # how long aclose() keeps retrying before it gives rows up
         self._pending: list[LoggedMessage] = []
@@ -221,7 +221,7 @@ class MessageLog:
                         self._drop(self._pending, "shutdown", f"still failing at shutdown: {exc}")
                         self._done(len(self._pending))
                     return
-                await asyncio.sleep(min(left, self._backoff.delay(attempt)))
+                await asyncio.sleep(min(left, self._retry_delay(attempt)))
 
     async def flush(self) -> None:
         """Write every queued row now; raises StorageError (keeping the rows) if the database fails."""
@@ -269,6 +269,10 @@ class MessageLog:
                 row.direction, row.tenant, row.conversation, row.event_id, row.seq, why,
             )  # fmt: skip
         metrics.LOG_DROPPED.labels(reason).inc(len(rows))
+
+    def _retry_delay(self, failures: int) -> float:
+        """Full jitter above a floor: never a burst of instant retries against a database that is down."""
+        return Backoff(base=self.retry_base, cap=self.retry_cap, floor=self.retry_base).delay(failures)
 
     async def conversation(self, tenant: str, conversation_id: str) -> list[LoggedMessage]:
         """A conversation's logged messages, oldest first (written ones only: :meth:`flush` first if needed)."""
@@ -319,7 +323,7 @@ class MessageLog:
                 await self.flush()
                 failures = 0
             except Exception:  # whatever happens, the writer carries on: the rows stay queued
-                delay = self._backoff.delay(failures)
+                delay = self._retry_delay(failures)
                 failures += 1
                 log.warning(
                     "message log: write failed (%d in a row), %d rows kept, retry in %.1f s",

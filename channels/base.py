@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -126,3 +126,15 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         return value
     wanted = name.lower()
     return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
+@runtime_checkable
+class Pollable(Protocol):
+    """A channel whose updates can be fetched by long polling instead of a webhook (Telegram ``getUpdates``,
+    VK Bots Long Poll): what ``bookingbot poll`` drives. ``offset`` is opaque to the caller: pass back what
+    the last call returned, so that nothing is confirmed to the provider before it has been accepted."""
+
+    async def delete_webhook(self) -> None:
+        """Make the provider deliver to long polling (Telegram: drop the webhook; VK: enable Long Poll)."""
+
+    async def updates(self, tenant: str, offset: Any, wait_s: int) -> tuple[list[InboundMessage], Any]: ...

@@ -39,6 +39,7 @@ from channels.exceptions import (
     Unreachable,
 )
 from channels.render import layout, numbered, shorten, split_text
+from channels.settings import VKSettings
 
 TEXT_LIMIT = 4096
 PAYLOAD_LIMIT = 255  # characters of a keyboard button's payload
@@ -48,19 +49,6 @@ WEBHOOK_TITLE = "bookingbot"  # the callback server's name in the community sett
 
 _BACKOFF = {1, 6, 9, 10}  # unknown error, too many requests per second, flood control, internal server error
 _UNREACHABLE = {900, 901, 902}  # user blacklisted us, has not allowed messages, privacy settings
-
-
-class VKSettings(BaseModel):
-    """Same keys as ``channels.vk`` in config.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    group_id: int
-    access_token: str
-    secret: str
-    confirmation: str
-    api_base: str = "https://api.vk.com/method"
-    api_version: str = "5.199"
 
 
 class VKChannel:
@@ -136,6 +124,39 @@ class VKChannel:
             await self._method("groups.editCallbackServer", server | {"server_id": server_id})
         settings = {"group_id": group, "server_id": server_id, "api_version": self.settings.api_version}
         await self._method("groups.setCallbackSettings", settings | {"message_new": 1, "message_event": 1})
+
+    async def delete_webhook(self) -> None:
+        """Turn the community's Bots Long Poll on for the events we read (the callback server, if any, keeps
+        receiving them too: dedupe by event id makes the second copy a no-op)."""
+        settings = {"group_id": self.settings.group_id, "enabled": 1, "api_version": self.settings.api_version}
+        await self._method("groups.setLongPollSettings", settings | {"message_new": 1, "message_event": 1})
+
+    async def updates(
+        self, tenant: str, offset: LongPollServer | None, wait_s: int
+    ) -> tuple[list[InboundMessage], LongPollServer | None]:
+        """One Bots Long Poll request (up to ``wait_s`` seconds). ``offset`` is the server, key and ``ts`` the
+        last call returned (None: ask ``groups.getLongPollServer`` for them)."""
+        server = offset or LongPollServer.model_validate(
+            await self._method("groups.getLongPollServer", {"group_id": self.settings.group_id})
+        )
+        query = {"act": "a_check", "key": server.key, "ts": str(server.ts), "wait": str(wait_s)}
+        try:
+            response = await self.http.get(server.server, params=query, timeout=wait_s + 10.0)
+        except httpx.HTTPError as exc:
+            raise vk_error(exc) from exc
+        if not response.is_success:
+            raise vk_error(response)
+        try:
+            answer = _LongPollAnswer.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise RetryLater(f"VK long poll: unexpected answer {response.text[:200]!r}") from exc
+        if answer.failed in (2, 3):  # the key expired, or key and ts are lost: a new server next time
+            return [], None
+        later = server.model_copy(update={"ts": answer.ts if answer.ts is not None else server.ts})
+        if answer.failed:  # 1: events were lost from the history; go on from the ts given
+            return [], later
+        messages = [msg for event in answer.updates if (msg := _inbound(tenant, event)) is not None]
+        return messages, later
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -250,6 +271,20 @@ class _ButtonEvent(_Loose):
     event_id: str
     payload: Any = None
     conversation_message_id: Int64 | None = None
+
+
+class LongPollServer(_Loose):
+    """Where the community's Bots Long Poll is read (``groups.getLongPollServer``)."""
+
+    key: str
+    server: str
+    ts: str | int
+
+
+class _LongPollAnswer(_Loose):
+    ts: str | int | None = None
+    failed: int | None = None
+    updates: list[_Event] = Field(default_factory=list)
 
 
 def _event(body: bytes) -> _Event:

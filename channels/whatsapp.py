@@ -40,6 +40,7 @@ from channels.exceptions import (
     Unreachable,
 )
 from channels.render import numbered, shorten, split_text
+from channels.settings import WhatsAppSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,6 @@ _BACKOFF = {1, 2, 4, 80007, 130429, 131000, 131056, 133004}
 _OUTSIDE_WINDOW = 131047  # more than 24 h since the user's last message: only templates may be sent
 _UNDELIVERABLE = 131026
 _PUNCTUATION = re.compile(r"[\s().-]")  # shared contacts come formatted: "+44 7700 900123"
-
-
-class WhatsAppSettings(BaseModel):
-    """Same keys as ``channels.whatsapp`` in config.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    phone_number_id: str
-    access_token: str
-    app_secret: str
-    verify_token: str
-    graph_base: str = "https://graph.facebook.com"
-    graph_version: str = "v21.0"
 
 
 class WhatsAppChannel:
