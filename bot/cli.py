@@ -105,24 +105,27 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         print("no fixtures found in " + " ".join(args.paths), file=sys.stderr)
         return 2
     runtime = await Runtime.start(_settings(args))
-    passed = failed = 0
+    counts = {"passed": 0, "failed": 0, "pending": 0}
     try:
         replayer = Replayer(runtime)
         for path in paths:
             result = await replayer.run(path)
             if args.update and result.observed:
                 update_fixture(path, result)
-            if result.passed or args.update:
-                passed += 1
-                continue
-            failed += 1
-            print(f"FAIL {path}", file=sys.stderr)
-            for failure in result.failures:
-                print(f"  {failure}", file=sys.stderr)
+            verdict = "passed" if args.update else result.verdict
+            if verdict == "fixed":
+                print(f"FIXED {path}: it passes now, remove its `pending:`", file=sys.stderr)
+                verdict = "failed"
+            elif verdict == "failed":
+                print(f"FAIL {path}", file=sys.stderr)
+                for failure in result.failures:
+                    print(f"  {failure}", file=sys.stderr)
+            counts[verdict] += 1
     finally:
         await runtime.aclose()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    pending = f", {counts['pending']} pending" if counts["pending"] else ""
+    print(f"{counts['passed']} passed, {counts['failed']} failed{pending}")
+    return 1 if counts["failed"] else 0
 
 
 def _fixture_paths(items: Sequence[str]) -> list[Path]:
