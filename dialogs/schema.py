@@ -8,23 +8,19 @@ an unknown name fails at load, never mid-conversation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from dialogs.machine import FlowMachine, TransitionSpec
+from dialogs.phrases import INTENTS, IntentMatcher
 from dialogs.validators import VALIDATORS
 
-if TYPE_CHECKING:
-    from dialogs.loader import IntentMatcher
-    from dialogs.machine import FlowMachine
+__all__ = ["INTENTS", "TransitionSpec"]  # part of the template vocabulary, defined where they are used
 
 # Flows the engine can run; a template's ``flows`` maps each to the slots it fills, in asking order.
 FLOWS = ("idle", "booking", "cancel", "reschedule")
 
-# Intents, in matching priority: a message naming two intents gets the first one ("cancel my booking"
-# also contains "my booking"). ``yes``/``no`` only count in confirm states, ``greeting``/``help`` only when
-# the message carries no slot values.
-INTENTS = ("human", "restart", "cancel_booking", "reschedule", "my_booking", "stop", "help", "greeting", "no", "yes")
 
 # Triggers the engine fires; ``need_<slot>`` (one per slot) are added per template.
 TRIGGERS = frozenset(
@@ -101,16 +97,6 @@ class StateSpec(_Strict):
 
     def prompt(self, name: str) -> str | None:
         return self.text or (name if self.kind in PROMPTING else None)
-
-
-class TransitionSpec(_Strict):
-    trigger: str
-    source: str | tuple[str, ...]  # a state, a list of states, or "*" (every state without its own rule)
-    dest: str
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        return (self.source,) if isinstance(self.source, str) else self.source
 
 
 class DateFormat(_Strict):
