@@ -42,9 +42,9 @@ class Engine(IntentFlow):
         turn = self._turn(session, now, calendar)
         pressed = self._pressed(session, message)
         text = "" if pressed else message.text.strip()
-        intent = self._intent(pressed, text)
+        intents = self._intents(pressed, text)
         found = self._found(turn, pressed, text, message.phone)
-        await self._dispatch(turn, intent, pressed, text, found)
+        await self._dispatch(turn, intents, pressed, text, found)
         return turn.result()
 
     async def resolve(
@@ -87,11 +87,12 @@ class Engine(IntentFlow):
         folded = text.casefold()
         return next((b.value for b in session.offered if folded and b.label.casefold() == folded), None)
 
-    def _intent(self, pressed: str | None, text: str) -> str | None:
+    def _intents(self, pressed: str | None, text: str) -> list[str]:
+        """The intents the message names, in priority order (a button names at most one)."""
         if pressed is None:
-            return self.template.intent_matcher.match(text) if text else None
+            return self.template.intent_matcher.all(text) if text else []
         name = pressed.removeprefix("intent:")
-        return name if name in INTENTS and (name != pressed or name in ("yes", "no")) else None
+        return [name] if name in INTENTS and (name != pressed or name in ("yes", "no")) else []
 
     def _found(self, turn: Turn, pressed: str | None, text: str, phone: str | None) -> dict[str, str]:
         """Slot values in the message: extracted from the text, carried by a button or a shared contact."""

@@ -51,6 +51,7 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "greeting": frozenset({"business"}),
     "help": frozenset({"business"}),
     "goodbye": frozenset({"business"}),
+    "thanks": frozenset({"business"}),
     "handoff_wait": frozenset({"business"}),
     "too_many_attempts": frozenset({"business"}),
     "retry_confirm": DIALOG_FACTS,

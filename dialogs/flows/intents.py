@@ -12,14 +12,35 @@ from dialogs.model import Handoff
 from dialogs.schema import RAW_INVALID, RESTING, StateSpec
 
 HARD = frozenset({"human", "restart", "cancel_booking", "reschedule", "my_booking", "stop"})
-SOFT = frozenset({"help", "greeting"})  # answered only when the message carries nothing else
+SOFT = frozenset({"help", "greeting", "thanks"})  # answered only when the message carries nothing else
 
 
 class IntentFlow(ManageFlow):
+    async def _meaning(self, turn: Turn, intents: list[str], found: Mapping[str, str]) -> str | None:
+        """The intent the message means here, from those it names (in priority order): a bare "cancel" while
+        a booking is being made stops it, at rest it cancels the booking held; "move it" while booking is a
+        correction of the new booking unless the customer holds one; "forget it, book me Saturday at 6"
+        starts over with Saturday at 6."""
+        state = self._state(turn)
+        booking_now = state.flow == "booking" and state.kind not in RESTING
+        for intent in intents:
+            if intent == "cancel":
+                return "cancel_booking" if state.kind in RESTING else "stop"
+            if intent == "reschedule" and booking_now and ("service" in found or not await self._holds(turn)):
+                continue
+            if intent == "stop" and any(k in found for k in ("service", "date", "time", *HINTS)):
+                return "restart"
+            return intent
+        return None
+
+    async def _holds(self, turn: Turn) -> bool:
+        return bool(await turn.ctx.calendar.customer_bookings(turn.session.customer))
+
     async def _dispatch(
-        self, turn: Turn, intent: str | None, pressed: str | None, text: str, found: dict[str, str]
+        self, turn: Turn, intents: list[str], pressed: str | None, text: str, found: dict[str, str]
     ) -> None:
         state = self._state(turn)
+        intent = await self._meaning(turn, intents, found)
         if intent in HARD:
             await self._global(turn, self._hard_intent(state, intent), found)
         elif state.kind == "pending":
@@ -77,7 +98,11 @@ class IntentFlow(ManageFlow):
     async def _chat(self, turn: Turn, intent: str | None) -> None:
         """No slot value and no intent that changes anything: greet, help, or re-ask."""
         state = self._state(turn)
-        if state.kind not in RESTING:
+        if intent == "thanks" and state.kind != "waiting":
+            self._say(turn, self._reply("thanks", self._facts(turn)))
+            if state.kind not in RESTING:
+                await self._reprompt(turn)
+        elif state.kind not in RESTING:
             if intent == "help":
                 self._say(turn, self._reply("help", self._facts(turn)))
             await self._reprompt(turn)

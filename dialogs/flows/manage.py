@@ -35,8 +35,9 @@ class ManageFlow(BookingFlow):
     async def _start_flow(self, turn: Turn, flow: str, found: Mapping[str, str]) -> None:
         """Cancel or reschedule: none -> say so; one -> straight to it; several -> pick one."""
         s = turn.session
-        bookings = await turn.ctx.calendar.customer_bookings(s.customer)
+        held = await turn.ctx.calendar.customer_bookings(s.customer)
         self._reset(s)
+        bookings, found = self._named(held, found)
         if not bookings:
             self._go(turn, f"{flow}_none")
             self._say(turn, self._reply("no_bookings", {}, self._book))
@@ -47,6 +48,17 @@ class ManageFlow(BookingFlow):
         else:
             self._go(turn, f"{flow}_many")
             self._say(turn, self._pick_reply(self._prompt_key(turn), bookings))
+
+    def _named(
+        self, bookings: Sequence[BookingView], found: Mapping[str, str]
+    ) -> tuple[Sequence[BookingView], Mapping[str, str]]:
+        """"move my Friday booking": a date that is the day of exactly one booking names that booking (and is
+        not the new date)."""
+        day = found.get("date")
+        named = [b for b in bookings if b.start.astimezone(self._tz).date().isoformat() == day]
+        if day is None or len(named) != 1:
+            return bookings, found
+        return named, {k: v for k, v in found.items() if k != "date"}
 
     async def _enter_flow(self, turn: Turn, flow: str, found: Mapping[str, str]) -> None:
         if flow == "reschedule":  # "move my booking to Friday at 6" carries the new date and time
