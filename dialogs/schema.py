@@ -65,6 +65,7 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "no_dates": DIALOG_FACTS,
     "nothing_after_time": REJECTION_FACTS,  # "after 6" and nothing is free after 18:00 that day
     "nothing_before_time": REJECTION_FACTS,
+    "nothing_between_time": REJECTION_FACTS,  # "between 3 and 5", "in the morning": nothing free inside
     "book_failed": DIALOG_FACTS,
     "effect_failed": DIALOG_FACTS,
     "not_found": _PLAIN,

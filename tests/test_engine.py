@@ -72,7 +72,7 @@ class Chat:
                 self.replies += reaction.replies
         for reply in self.replies:
             assert all(len(b.value.encode()) <= 64 for b in reply.buttons), reply.buttons
-            assert len(reply.buttons) <= 8
+            assert len(reply.buttons) <= 10
             assert all(value in reply.text for value in reply.facts.values()), reply
         assert Session.from_json(self.session.to_json()) == self.session
         return self.keys
@@ -254,7 +254,7 @@ async def test_no_at_confirm_asks_what_to_change(demo: Tenant) -> None:
     assert await chat.say("no") == ["change_what"]
     assert chat.labels == ["Service", "Day", "Time", "Name", "Phone", "Start over"]
     assert await chat.press("Time") == ["ask_time"]
-    assert chat.labels == ["10:00", "11:00", "12:00", "13:00", "14:00", "15:00", "16:00", "17:00"]  # the day
+    assert chat.labels == [f"{h}:00" for h in range(10, 20)]  # the whole day, on the hour
     assert await chat.say("2") == ["confirm"]  # the second button
     assert chat.slots["time"] == "11:00"
 

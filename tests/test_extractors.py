@@ -362,6 +362,28 @@ ALL = [
     ("en", None, "Can I book something?", {}),
     ("ru", None, "здравствуйте, когда у вас свободно?", {}),
     ("en", None, "", {}),
+    # times of day as windows of start times (issue 11, item 2)
+    ("en", None, "monday morning", {"date": "2026-11-30", "time_after": "00:00", "time_before": "12:00"}),
+    ("en", None, "friday afternoon", {"date": "2026-11-27", "time_after": "12:00", "time_before": "17:00"}),
+    ("en", None, "tomorrow evening", {"date": "2026-11-24", "time_after": "17:00"}),
+    ("en", None, "can I come after work?", {"time_after": "17:00"}),
+    ("en", None, "at lunchtime", {"time_after": "12:00", "time_before": "14:00"}),
+    ("en", None, "anything in the evening, like 6 or 7?", {"time_after": "18:00", "time_before": "20:00"}),
+    ("en", None, "between 3 and 5", {"time_after": "15:00", "time_before": "17:00"}),
+    ("en", None, "from 10 to 12", {"time_after": "10:00", "time_before": "12:00"}),
+    ("en", None, "not before 11", {"time_after": "11:00"}),
+    ("en", None, "tomorrow at 10 in the morning", {"date": "2026-11-24", "time": "10:00"}),  # a clock, not a window
+    ("en", None, "good morning", {}),
+    ("en", None, "7ish", {"time": "19:00"}),
+    ("en", None, "around 7", {"time": "19:00"}),
+    ("ru", None, "после обеда", {"time_after": "14:00"}),
+    ("ru", None, "вечером", {"time_after": "17:00"}),
+    ("ru", None, "утром в среду", {"date": "2026-11-25", "time_after": "00:00", "time_before": "12:00"}),
+    ("ru", None, "ближе к вечеру", {"time_after": "16:00"}),
+    ("ru", None, "в 6 или 7 вечера", {"time_after": "18:00", "time_before": "20:00"}),
+    ("ru", None, "в обед", {"time_after": "12:00", "time_before": "14:00"}),
+    ("ru", None, "не раньше 11", {"time_after": "11:00"}),
+    ("ru", None, "добрый вечер", {}),
 ]
 
 

@@ -20,7 +20,7 @@ from dialogs.schema import SlotSpec, StateSpec, Template
 from dialogs.session import Session
 from dialogs.validators import VALIDATORS, Context, parse_date
 
-BUTTON_CAP = 8  # buttons per message (channels degrade longer lists anyway)
+BUTTON_CAP = 10  # buttons per message: a WhatsApp list's rows (channels degrade longer lists anyway)
 
 SlotOverrides = Mapping[str, tuple[bool | None, list[str] | None]]
 

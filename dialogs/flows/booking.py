@@ -143,13 +143,12 @@ class BookingFlow(FlowBase):
             return [], None
         free = [_hhmm(start.astimezone(self._tz)) for start in await turn.ctx.free_slots(service, day, day)]
         after, before = s.slots.get("time_after"), s.slots.get("time_before")
-        if near is None and after is not None:
-            later = [t for t in free if t >= after]
-            return (later, None) if later else (_nearest(free, after), Rejection("time", "nothing_after", after))
-        if near is None and before is not None:
-            earlier = [t for t in reversed(free) if t < before]
-            return (earlier, None) if earlier else (_nearest(free, before), Rejection("time", "nothing_before", before))
-        return (_nearest(free, near) if near else _spread(free)), None
+        if near is not None or (after is None and before is None):
+            return (_nearest(free, near) if near else _spread(free)), None
+        inside = [t for t in free if (after is None or t >= after) and (before is None or t < before)]
+        if inside:  # a window reads forwards; "before 3pm" alone offers the latest times before it first
+            return (inside if after is not None else inside[::-1]), None
+        return _outside(free, after, before)
 
     async def _date_offer(self, turn: Turn, rejection: Rejection | None) -> list[date]:
         """The next days with free times for the service (after a closed or full day: after that day)."""
@@ -214,14 +213,25 @@ def _nearest(times: Sequence[str], wanted: str) -> list[str]:
     return sorted(times, key=lambda t: (abs(minutes(t) - target), t))
 
 
+def _outside(free: Sequence[str], after: str | None, before: str | None) -> tuple[list[str], Rejection]:
+    """Nothing free in the window asked for: the nearest free times, and a note saying so."""
+    if after is not None and before is not None and after != "00:00":
+        return _nearest(free, after), Rejection("time", "nothing_between", f"{after}–{before}")
+    if before is not None:
+        return _nearest(free, before), Rejection("time", "nothing_before", before)
+    assert after is not None
+    return _nearest(free, after), Rejection("time", "nothing_after", after)
+
+
 def _spread(times: Sequence[str]) -> list[str]:
-    """Nothing asked: the earliest time of each hour first, so the buttons cover the day, then the rest."""
-    firsts: dict[str, str] = {}
-    for t in times:
-        firsts.setdefault(t[:2], t)
-    chosen = list(firsts.values())[:BUTTON_CAP]
-    chosen += [t for t in times if t not in chosen][: BUTTON_CAP - len(chosen)]
-    return sorted(chosen)
+    """Nothing asked: times spread evenly over the whole day (morning, afternoon and evening), the free
+    times on the hour first (easier to read), the first and last of them included."""
+    hourly = [t for t in times if t.endswith(":00")]
+    pool = hourly if len(hourly) >= BUTTON_CAP // 2 else list(times)
+    if len(pool) <= BUTTON_CAP:
+        return pool
+    last = len(pool) - 1
+    return [pool[round(i * last / (BUTTON_CAP - 1))] for i in range(BUTTON_CAP)]
 
 
 def _hhmm(moment: datetime) -> str:
