@@ -240,7 +240,9 @@ _BETWEEN = re.compile(
     rf"(?<!\w)(?:between|from|с|от)\s+{_BOUND.format(g='a')}\s*(?:and|to|till|until|-|–|до|и)\s*"
     rf"{_BOUND.format(g='b')}{_TAIL}(?!\w)"
 )
-_EITHER = re.compile(rf"(?<![\w:.])(?:at\s+|в\s+)?{_BOUND.format(g='a')}\s+(?:or|или)\s+{_BOUND.format(g='b')}{_TAIL}(?!\w)")
+_EITHER = re.compile(
+    rf"(?<![\w:.])(?:at\s+|в\s+)?{_BOUND.format(g='a')}\s+(?:or|или)\s+{_BOUND.format(g='b')}{_TAIL}(?!\w)"
+)
 
 
 def find_window(text: str) -> TimeWindow | None:
