@@ -24,11 +24,11 @@ from bot.exceptions import ConfigError
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
 from bot.sessions import SessionStore
-from bot.settings import Settings, TenantConfig
+from bot.settings import WEEKDAYS, Settings, TenantConfig
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
-from dialogs.ports import ServiceInfo, TenantProfile
+from dialogs.ports import BusinessInfo, ServiceInfo, TenantProfile
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,12 @@ class Tenant:
 
 def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
     services = tuple(
-        ServiceInfo(id=s.id, label=s.label, minutes=s.minutes, synonyms=tuple(s.synonyms)) for s in cfg.services
+        ServiceInfo(
+            id=s.id, label=s.label, minutes=s.minutes, synonyms=tuple(s.synonyms), price=s.price, label_acc=s.label_acc
+        )
+        for s in cfg.services
     )
+    info = BusinessInfo.model_validate(cfg.info.model_dump())
     return TenantProfile(
         id=tenant_id,
         name=cfg.name,
@@ -54,6 +58,10 @@ def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
         template=cfg.dialog.template,
         texts=cfg.dialog.texts,
         horizon_days=cfg.booking.horizon_days,
+        hours={WEEKDAYS.index(day): tuple(ranges) for day, ranges in cfg.hours.items()},
+        info=info,
+        handoff_reachable=cfg.handoff.webhook_url is not None,
+        handoff_quiet_minutes=cfg.handoff.quiet_minutes,
     )
 
 

@@ -31,6 +31,10 @@ INTENTS = (
     "reschedule",
     "cancel",
     "my_booking",
+    "ask_price",
+    "ask_address",
+    "ask_payment",
+    "ask_hours",
     "stop",
     "thanks",
     "help",
@@ -100,6 +104,8 @@ class IntentMatcher:
     def all(self, text: str) -> list[str]:
         """Every intent named in ``text``, in priority order."""
         tokens = words(text)
+        if len(tokens) > 1:  # a "?" pattern (help) is a message of its own, not every question
+            tokens = [t for t in tokens if t != "?"]
         return [name for name, patterns in self._patterns if any(_found(p, tokens) for p in patterns)]
 
     def match(self, text: str) -> str | None:

@@ -52,6 +52,14 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "help": frozenset({"business"}),
     "goodbye": frozenset({"business"}),
     "thanks": frozenset({"business"}),
+    "info_answer": frozenset({"answer"}),  # an answer from the tenant's info: block
+    "info_price": frozenset({"service", "price"}),
+    "info_prices": frozenset({"prices"}),
+    "booking_price": frozenset({"service", "price"}),  # one line of info_prices
+    "info_hours": frozenset({"hours"}),
+    "info_closed": frozenset({"on_day", "hours"}),
+    "info_unknown": frozenset({"business"}),  # a question the config cannot answer; a colleague is offered
+    "info_dont_know": frozenset({"business"}),
     "handoff_wait": frozenset({"business"}),
     "too_many_attempts": frozenset({"business"}),
     "retry_confirm": DIALOG_FACTS,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from dialogs.flows.base import Rejection, Turn
 from dialogs.flows.booking import HINTS
-from dialogs.flows.manage import ManageFlow
+from dialogs.flows.info import INFO_INTENTS, InfoFlow, is_question
 from dialogs.model import Handoff
 from dialogs.schema import RAW_INVALID, RESTING, StateSpec
 
@@ -15,7 +15,7 @@ HARD = frozenset({"human", "restart", "cancel_booking", "reschedule", "my_bookin
 SOFT = frozenset({"help", "greeting", "thanks"})  # answered only when the message carries nothing else
 
 
-class IntentFlow(ManageFlow):
+class IntentFlow(InfoFlow):
     async def _meaning(self, turn: Turn, intents: list[str], found: Mapping[str, str]) -> str | None:
         """The intent the message means here, from those it names (in priority order): a bare "cancel" while
         a booking is being made stops it, at rest it cancels the booking held; "move it" while booking is a
@@ -41,8 +41,13 @@ class IntentFlow(ManageFlow):
     ) -> None:
         state = self._state(turn)
         intent = await self._meaning(turn, intents, found)
+        asks = bool(text) and (intent in INFO_INTENTS or (intent is None and is_question(text)))
         if intent in HARD:
             await self._global(turn, self._hard_intent(state, intent), found)
+        elif asks and await self._answer(turn, intent, found, text):
+            pass
+        elif intent in INFO_INTENTS and state.kind not in ("pick", "pending", "confirm"):
+            await self._unknown(turn)  # about the business, but the config does not say
         elif state.kind == "pending":
             turn.effects += self._effects(turn)  # an outcome never came back: ask again (effects are idempotent)
         elif state.kind == "pick":
@@ -51,6 +56,8 @@ class IntentFlow(ManageFlow):
             await self._confirm(turn, pressed, intent, found)
         elif self._flow_values(state, found) or (state.kind in RESTING and found):
             await self._fill(turn, found)
+        elif asks and not found:
+            await self._unknown(turn)
         elif state.kind == "ask" and intent not in SOFT:
             await self._failed(turn, self._raw_rejections(state, text))
         else:
