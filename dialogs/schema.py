@@ -30,7 +30,7 @@ TRIGGERS = frozenset(
         "done", "taken", "failed", "not_found",  # the outcome of that effect
         "pick",  # a booking was chosen in a pick state
         "keep",  # "no" at the cancel confirmation
-        "restart", "stop", "human", "give_up", "help", "my_booking",
+        "restart", "stop", "human", "give_up", "resume", "help", "my_booking",
         "cancel_none", "cancel_one", "cancel_many",
         "reschedule_none", "reschedule_one", "reschedule_many",
     }
@@ -62,6 +62,10 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "info_dont_know": frozenset({"business"}),
     "handoff_wait": frozenset({"business"}),
     "too_many_attempts": frozenset({"business"}),
+    # the same, when nobody is notified of a handoff (no webhook, no CRM): they promise no reply
+    "handoff_noted": frozenset({"business"}),
+    "handoff_wait_noted": frozenset({"business"}),
+    "too_many_attempts_noted": frozenset({"business"}),
     "retry_confirm": DIALOG_FACTS,
     "retry_pick": _PLAIN,
     "change_what": _PLAIN,

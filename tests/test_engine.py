@@ -365,11 +365,13 @@ async def test_three_failed_phone_attempts_hand_off(demo: Tenant) -> None:
     assert await chat.say("12345") == ["invalid_phone"]
     assert await chat.say("no idea") == ["invalid_phone"]
     assert chat.session.attempts == {"phone": 2}
-    assert await chat.say("dunno") == ["too_many_attempts"]
+    assert await chat.say("dunno") == ["too_many_attempts_noted"]  # the demo notifies nobody: no promise
     assert chat.effects == [Handoff(reason="attempts:phone")]
     assert chat.state == "handoff"
-    assert await chat.say("hm") == ["handoff_wait"]
-    assert await chat.say(PHONE) == ["confirm"]  # the handed-off booking can still go on
+    assert await chat.say("hm") == ["handoff_wait_noted"]
+    assert await chat.say(PHONE) == ["handoff_wait_noted"]  # the bot stays out of a person's conversation
+    chat.now += timedelta(minutes=demo.profile.handoff_quiet_minutes)
+    assert await chat.say(PHONE) == ["confirm"]  # quiet long enough: the bot is back, the booking goes on
 
 
 async def test_a_successful_fill_resets_the_attempts(demo: Tenant) -> None:
@@ -384,7 +386,7 @@ async def test_a_successful_fill_resets_the_attempts(demo: Tenant) -> None:
 async def test_asking_for_a_human(demo: Tenant) -> None:
     chat = Chat(demo)
     await chat.say("haircut")
-    assert await chat.say("can I talk to an operator?") == ["handoff"]
+    assert await chat.say("can I talk to an operator?") == ["handoff_noted"]
     assert chat.effects == [Handoff(reason="requested")] and chat.state == "handoff"
 
 

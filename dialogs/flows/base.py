@@ -126,10 +126,19 @@ class FlowBase:
         return self._reply(key, self._facts(turn))
 
     def _give_up(self, turn: Turn, what: str) -> None:
-        turn.effects.append(Handoff(reason=f"attempts:{what}"))
         turn.session.attempts.clear()
-        self._go(turn, "give_up")
-        self._say(turn, self._reply("too_many_attempts", self._facts(turn)))
+        self._hand_off(turn, f"attempts:{what}", "give_up", "too_many_attempts")
+
+    def _hand_off(self, turn: Turn, reason: str, trigger: str, key: str) -> None:
+        """Hand the conversation to a person: the bot only says a person will reply until staff resume it or
+        it has been quiet for a while. With nobody notified (no webhook, no CRM) the reply promises nothing."""
+        turn.effects.append(Handoff(reason=reason))
+        turn.session.handoff_at = turn.ctx.now.isoformat()
+        self._go(turn, trigger)
+        self._say(turn, self._reply(self._reachable(key), self._facts(turn)))
+
+    def _reachable(self, key: str) -> str:
+        return key if self.profile.handoff_reachable else f"{key}_noted"
 
     async def _validate(self, turn: Turn, slot: str, value: str) -> Rejection | None:
         kind = self.slots[slot].extractor

@@ -7,15 +7,15 @@ from collections.abc import Mapping
 
 from dialogs.flows.base import Rejection, Turn
 from dialogs.flows.booking import HINTS
-from dialogs.flows.info import INFO_INTENTS, InfoFlow, is_question
-from dialogs.model import Handoff
+from dialogs.flows.handoff import HandoffFlow
+from dialogs.flows.info import INFO_INTENTS, is_question
 from dialogs.schema import RAW_INVALID, RESTING, StateSpec
 
 HARD = frozenset({"human", "restart", "cancel_booking", "reschedule", "my_booking", "stop"})
 SOFT = frozenset({"help", "greeting", "thanks"})  # answered only when the message carries nothing else
 
 
-class IntentFlow(InfoFlow):
+class IntentFlow(HandoffFlow):
     async def _meaning(self, turn: Turn, intents: list[str], found: Mapping[str, str]) -> str | None:
         """The intent the message means here, from those it names (in priority order): a bare "cancel" while
         a booking is being made stops it, at rest it cancels the booking held; "move it" while booking is a
@@ -39,6 +39,8 @@ class IntentFlow(InfoFlow):
     async def _dispatch(
         self, turn: Turn, intents: list[str], pressed: str | None, text: str, found: dict[str, str]
     ) -> None:
+        if self._waiting(turn):
+            return
         state = self._state(turn)
         intent = await self._meaning(turn, intents, found)
         asks = bool(text) and (intent in INFO_INTENTS or (intent is None and is_question(text)))
@@ -83,9 +85,7 @@ class IntentFlow(InfoFlow):
     async def _global(self, turn: Turn, intent: str, found: dict[str, str]) -> None:
         s = turn.session
         if intent == "human":
-            turn.effects.append(Handoff(reason="requested"))
-            self._go(turn, "human")
-            self._say(turn, self._rest_prompt(turn))
+            self._hand_off(turn, "requested", "human", "handoff")
         elif intent == "restart":
             fresh = s.state == self.template.initial and not s.slots
             self._reset(s)
@@ -105,7 +105,7 @@ class IntentFlow(InfoFlow):
     async def _chat(self, turn: Turn, intent: str | None) -> None:
         """No slot value and no intent that changes anything: greet, help, or re-ask."""
         state = self._state(turn)
-        if intent == "thanks" and state.kind != "waiting":
+        if intent == "thanks":
             self._say(turn, self._reply("thanks", self._facts(turn)))
             if state.kind not in RESTING:
                 await self._reprompt(turn)
@@ -116,8 +116,6 @@ class IntentFlow(InfoFlow):
         elif intent == "greeting":
             self._say(turn, self._reply("greeting", self._facts(turn)))
             await self._fill(turn, {})
-        elif intent is None and state.kind == "waiting":
-            self._say(turn, self._reply("handoff_wait", self._facts(turn)))
         else:
             if self.template.machine.allows(turn.session.state, "help"):
                 self._go(turn, "help")
