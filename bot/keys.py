@@ -107,3 +107,8 @@ JOB_QUEUE: str = default_queue_name
 def scratch(tenant: str, name: str) -> str:
     """A free-form key for tests and tools (order checks, benchmarks); never used by the running bot."""
     return f"{PREFIX}:{tenant}:scratch:{name}"
+
+
+def handoffs(tenant: str) -> str:
+    """Hash: conversation -> JSON of its open handoff to a person (``bookingbot handoff list|resume``)."""
+    return f"{PREFIX}:{tenant}:handoffs"
