@@ -44,7 +44,9 @@ RESTING: frozenset[str] = frozenset({"rest", "waiting"})
 PROMPTING: frozenset[str] = frozenset({"ask", "confirm", "pick"})
 
 # Placeholders the engine fills, per text key.
-DIALOG_FACTS = frozenset({"business", "service", "date", "time", "name", "phone", "email", "old_date", "old_time"})
+DIALOG_FACTS = frozenset(
+    {"business", "service", "service_acc", "date", "time", "name", "phone", "email", "old_date", "old_time"}
+)
 REJECTION_FACTS = DIALOG_FACTS | {"on_day", "days"}
 _PLAIN: frozenset[str] = frozenset()
 FIXED_TEXTS: dict[str, frozenset[str]] = {
@@ -120,6 +122,8 @@ class DateFormat(_Strict):
     weekdays: tuple[str, ...] = Field(min_length=7, max_length=7)  # Monday first
     months: tuple[str, ...] = Field(min_length=12, max_length=12)
     on_day: tuple[str, ...] = Field(min_length=7, max_length=7)  # "on Sunday" / "в воскресенье"
+    # {service_acc} for a service without a configured ``label_acc``: a form that needs no inflection
+    service_acc: str = "{label}"
 
 
 class Template(_Strict):

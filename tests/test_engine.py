@@ -148,7 +148,7 @@ async def test_several_slots_in_one_message_ask_only_for_what_is_missing(demo: T
     assert await chat.say("Hi, haircut tomorrow at 5pm, I'm John") == ["ask_phone"]
     assert chat.slots == {"service": "haircut", "date": "2026-11-24", "time": "17:00", "name": "John"}
     assert await chat.say(PHONE) == ["confirm"]
-    assert "Haircut, Tue 24 Nov at 17:00, for John, phone +447700900123" in chat.text
+    assert "Please check: haircut, Tue 24 Nov at 17:00, for John, phone +447700900123" in chat.text  # sentence case
     assert chat.labels == ["Yes", "No"]
 
 
@@ -171,7 +171,7 @@ async def test_happy_path_books_through_the_calendar(demo: Tenant) -> None:
     assert book.key == f"{chat.session.conversation}|haircut|{start.isoformat()}"
     assert (book.start, book.minutes, book.name) == (start, 60, "John Smith")
     assert chat.state == "booked" and chat.session.booking_id
-    assert chat.replies[-1].facts == {"service": "Haircut", "date": "Tue 24 Nov", "time": "17:00", "name": "John Smith"}
+    assert chat.replies[-1].facts == {"service": "haircut", "date": "Tue 24 Nov", "time": "17:00", "name": "John Smith"}
     [booking] = await demo.calendar.active_bookings()
     assert (booking.id, booking.start, booking.customer) == (chat.session.booking_id, start, chat.session.customer)
 
@@ -486,7 +486,9 @@ async def test_tenant_text_override_is_used(demo: Tenant) -> None:
     profile = demo.profile.model_copy(update={"texts": {"ask_service": "What shall we do for you today?"}})
     engine = Engine(builtin_template("booking"), profile)
     assert engine.text("ask_service") == "What shall we do for you today?"
-    assert engine.text("ask_date", service="Haircut") == "Which day would you like to come for Haircut?"
+    assert engine.text("ask_date", service="Haircut") == "Which day would you like to come for haircut?"
+    assert engine.text("ask_name", service="Hair colouring", date="Fri", time="17:00").startswith("Hair colouring, ")
+    assert engine.text("ask_date", service="SPA") == "Which day would you like to come for SPA?"  # capitals stay
 
 
 async def test_a_session_from_an_older_template_starts_afresh(demo: Tenant) -> None:

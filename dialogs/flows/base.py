@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from string import Formatter
 
 from dialogs.exceptions import Problem, TemplateError
 from dialogs.loader import placeholders, text_problems, validator_problems
@@ -118,7 +119,7 @@ class FlowBase:
 
     def text(self, key: str, **facts: str) -> str:
         """A text in the tenant's locale (the tenant's override first); missing facts read as empty."""
-        return self._texts[key].format_map({name: facts.get(name, "") for name in self._fields[key]})
+        return _render(self._texts[key], {name: facts.get(name, "") for name in self._fields[key]})[0]
 
     def _rest_prompt(self, turn: Turn) -> Reply:
         key = self._prompt_key(turn)
@@ -174,10 +175,10 @@ class FlowBase:
         return Button(label=self.text(key), value=value)
 
     def _reply(self, key: str, facts: Mapping[str, str], buttons: Sequence[Button] = ()) -> Reply:
-        used = {name: facts.get(name, "") for name in self._fields[key]}
+        text, used = _render(self._texts[key], {name: facts.get(name, "") for name in self._fields[key]})
         return Reply(
             key=key,
-            text=self._texts[key].format_map(used),
+            text=text,
             buttons=tuple(buttons[:BUTTON_CAP]),
             facts={name: value for name, value in used.items() if value},
         )
@@ -189,6 +190,7 @@ class FlowBase:
         facts.update({k: self._date(slots[k]) for k in ("date", "old_date") if k in slots})
         if (service := self.profile.service(slots.get("service", ""))) is not None:
             facts["service"] = service.label
+            facts["service_acc"] = service.label_acc or self._format.service_acc.format(label=service.label)
         if rejection and rejection.slot == "date" and (day := parse_date(rejection.value)):
             facts["date"], facts["on_day"] = self._date(rejection.value), self._format.on_day[day.weekday()]
         elif rejection and rejection.slot == "time":
@@ -213,3 +215,31 @@ def _override(spec: SlotSpec, override: tuple[bool | None, list[str] | None] | N
     if validators is not None:
         update["validators"] = tuple(validators)
     return spec.model_copy(update=update)
+
+
+_SENTENCE_END = (".", "!", "?", "\n")
+_NAMES = frozenset({"service"})  # labels shown in sentence case: capitalised only where a sentence starts
+
+
+def _render(text: str, facts: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """``text`` with its placeholders filled, and the facts as shown. A label ("Hair colouring") reads in
+    sentence case: as written at the start of a sentence, with a lower-case initial inside one ("come for
+    hair colouring?"), and as written inside quotes («Стрижка»)."""
+    out: list[str] = []
+    shown = dict(facts)
+    for literal, name, spec, _conversion in Formatter().parse(text):
+        out.append(literal)
+        if name is None:
+            continue
+        value = format(facts.get(name, ""), spec or "")
+        before = "".join(out).rstrip(" ")
+        if name in _NAMES and value and before and not before.endswith(_SENTENCE_END) and before[-1] not in "«\"“'":
+            value = _lower_initial(value)
+            shown[name] = value
+        out.append(value)
+    return "".join(out), shown
+
+
+def _lower_initial(label: str) -> str:
+    """"Hair colouring" -> "hair colouring"; an acronym or a name in capitals ("SPA", "OPI") stays."""
+    return label[0].lower() + label[1:] if label[1:2].islower() else label
