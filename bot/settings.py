@@ -15,9 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from channels.telegram import TelegramSettings
-from channels.vk import VKSettings
-from channels.whatsapp import WhatsAppSettings
+from channels.settings import TelegramSettings, VKSettings, WhatsAppSettings
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))$")
@@ -169,6 +167,14 @@ class TenantConfig(Model):
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     info: InfoConfig = Field(default_factory=InfoConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    staff_token: str | None = Field(
+        default=None, min_length=16, description="enables /staff/<tenant>?token=...: the read-only bookings page"
+    )
+
+    @field_validator("staff_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `${STAFF_TOKEN:-}` unset: no staff page
 
 
 class Settings(Model):
@@ -176,6 +182,9 @@ class Settings(Model):
     database_url: str | None = Field(default=None, description="unset: SQLite under data_dir")
     data_dir: str = "./var"
     session_ttl_days: int = Field(default=30, gt=0)
+    dead_letter_after_minutes: float = Field(
+        default=10, gt=0, description="how long a message may keep failing before it is dead-lettered"
+    )
     tenants: dict[TenantId, TenantConfig] = Field(min_length=1)
 
     @field_validator("redis_url", "database_url", mode="before")
