@@ -384,6 +384,11 @@ ALL = [
     ("ru", None, "в обед", {"time_after": "12:00", "time_before": "14:00"}),
     ("ru", None, "не раньше 11", {"time_after": "11:00"}),
     ("ru", None, "добрый вечер", {}),
+    # relative and spelled-out dates: a half-understood phrase never resolves to today
+    ("en", None, "a fortnight from today", {"date": "2026-12-07"}),
+    ("en", None, "two weeks from now", {"date": "2026-12-07"}),
+    ("ru", None, "двадцать пятого ноября", {"date": "2026-11-25"}),
+    ("ru", None, "тридцать первого декабря", {"date": "2026-12-31"}),
 ]
 
 
