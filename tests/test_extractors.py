@@ -389,7 +389,13 @@ ALL = [
     ("en", None, "two weeks from now", {"date": "2026-12-07"}),
     ("ru", None, "двадцать пятого ноября", {"date": "2026-11-25"}),
     ("ru", None, "тридцать первого декабря", {"date": "2026-12-31"}),
-]
+    # a name among other details, and Russian free word order
+    ("en", None, "manicure friday 3pm, Sam, 07700 900123",
+     {"service": "manicure", "date": "2026-11-27", "time": "15:00", "name": "Sam", "phone": "+447700900123"}),
+    ("en", None, "Friday, 5pm", {"date": "2026-11-27", "time": "17:00"}),
+    ("ru", None, "Анной меня зовут", {"name": "Анна"}),
+    ("ru", None, "Сергеем меня зовут", {"name": "Сергей"}),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("locale", "expecting", "text", "expected"), ALL)
