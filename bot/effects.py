@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Literal
 
 from bot.booking.base import Booking, BookRequest
@@ -46,6 +47,9 @@ async def execute(effect: Effect, tenant: Tenant, session: Session, log: Message
             logger.warning(
                 "handoff requested: tenant=%s conversation=%s reason=%s", tenant.id, session.conversation, effect.reason
             )
+            if tenant.desk is not None:
+                since = datetime.fromisoformat(session.handoff_at) if session.handoff_at else datetime.now(UTC)
+                await tenant.desk.open(tenant.id, session, effect.reason, since)
             return None
 
 

@@ -8,6 +8,7 @@ configured tenant (its dialog engine, built once, and its booking backend).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from bot import redis as redis_conn
 from bot.booking.base import BookingBackend
 from bot.booking.local import LocalCalendar
 from bot.exceptions import ConfigError
+from bot.handoff import HandoffDesk
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
 from bot.profile import tenant_profile
@@ -46,6 +48,7 @@ class Tenant:
     profile: TenantProfile
     engine: Engine
     calendar: BookingBackend
+    desk: HandoffDesk | None = None  # where handoffs to a person go (set by the Runtime, which has Redis)
 
 
 def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
@@ -123,7 +126,8 @@ class Runtime:
 
     def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
         """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
-        tenant = build_tenant(tenant_id, cfg, self.db)
+        desk = HandoffDesk(self.redis, self.sessions, cfg.handoff.webhook_url)
+        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db), desk=desk)
         self.tenants[tenant_id] = tenant
         return tenant
 
