@@ -2,8 +2,8 @@
 
 For each inbox item, under the inbox lease: parse it back to an :class:`InboundMessage`, run it through the
 :class:`~bot.pipeline.Pipeline`, acknowledge a pressed button, and send the replies through the
-:class:`~bot.sender.Sender`. A voice note reaches the engine as an empty text until speech-to-text is
-configured (its issue plugs in before the pipeline), so the dialog asks again in words.
+:class:`~bot.sender.Sender`. A voice note's audio is fetched through its channel and transcribed inside the
+pipeline (:mod:`bot.voice`).
 
 Failures: a message whose handling raises stays at the inbox head and the drain is retried with backoff
 (an arq ``Retry``, or a sleep in process). The redriven head is a no-op for the dialog (the session's
@@ -54,6 +54,7 @@ from bot.pipeline import Pipeline
 from bot.runtime import Runtime
 from bot.sender import SENT_TTL_S, Sender, backoff
 from bot.settings import Settings
+from bot.voice import MediaFetch
 from bot.webchat import WebChat
 from channels.base import InboundMessage, OutboundMessage
 from dialogs.exceptions import Problem
@@ -96,10 +97,11 @@ class Drainer:
         base_delay: float = 1.0,
         max_delay: float = 60.0,
         clock: Clock = lambda: datetime.now(UTC),
+        media: MediaFetch | None = None,
     ) -> None:
         self.rt = runtime
         self.clock = clock
-        self._pipeline = Pipeline(runtime)
+        self._pipeline = Pipeline(runtime, media)
         self._sender = sender
         self._markers = markers
         self.lease_ms = lease_ms
@@ -215,7 +217,7 @@ class Services:
         redis = runtime.redis
         webchat = WebChat(redis, ttl_s=runtime.settings.session_ttl_days * 86400)
         channels = ChannelSet(runtime.settings, webchat)
-        drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), **drainer)
+        drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), media=channels.fetch_media, **drainer)
         scheduler: Scheduler = InProcess(drains.run_to_end) if in_process else ArqQueue(queue_name)
         return cls(runtime, webchat, channels, drains, Ingest(redis, scheduler))
 
