@@ -35,7 +35,7 @@ replay: install
 
 test: lint typecheck unit
 
-bench: install  # bench/turns.py; `make bench-webhooks` for the server
+bench: install  # bench/turns.py; `make bench-webhooks` for the server, `make bench-voice` for voice notes
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.turns
 
 # Real `bookingbot serve` / `worker` processes under wrk and 200 conversations; see bench/webhooks.py.
@@ -49,3 +49,8 @@ clean:
 # The terminal channel on the same embedded runtime.
 chat: install
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot chat --tenant demo
+
+# A voice note's turn end to end next to raw faster-whisper (bench/voice.py).
+.PHONY: bench-voice
+bench-voice: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.voice
