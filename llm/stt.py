@@ -72,7 +72,7 @@ class SttConfig(BaseModel):
     compute_type: str = "int8"
     beam_size: int = Field(default=1, ge=1, le=10)
     workers: int = Field(default=1, ge=1, le=16)  # voice notes transcribed at once (threads, model replicas)
-    cpu_threads: int = Field(default=0, ge=0, le=64)  # per transcription; 0: CTranslate2's default
+    cpu_threads: int = Field(default=0, ge=0, le=64)  # per transcription; 0: one per core, at most 4
     max_seconds: float = Field(default=120, gt=0)
     max_bytes: int = Field(default=5_000_000, gt=0)
     cache_dir: str = "./var/models"  # where a model shipped in parts is joined
@@ -181,7 +181,8 @@ def load_model(config: SttConfig) -> Any:
                 str(path),
                 device=config.device,
                 compute_type=config.compute_type,
-                cpu_threads=config.cpu_threads,
+                # CTranslate2's own default is 4 threads, which oversubscribes a 2-core machine
+                cpu_threads=config.cpu_threads or min(4, os.cpu_count() or 1),
                 num_workers=config.workers,
                 local_files_only=True,
             )
