@@ -145,7 +145,7 @@ class VoiceConfig(Model):
     echo: bool = Field(default=False, description='reply "I heard: ..." before answering')
     beam_size: int = Field(default=1, ge=1, le=10)
     workers: int = Field(default=1, ge=1, le=16, description="voice notes transcribed at once per process")
-    cpu_threads: int = Field(default=0, ge=0, le=64, description="threads per transcription; 0: one per core, at most 4")
+    cpu_threads: int = Field(default=0, ge=0, le=64, description="threads per voice note; 0: one per core, at most 4")
 
 
 class TenantVoice(Model):
