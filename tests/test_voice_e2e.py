@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from _stack import A, Stack, fixture, stack
+from ruamel.yaml import YAML
 from sqlalchemy import text
 
 from bot import keys
+from bot.export import export_fixture
 
 VOICE = Path(__file__).resolve().parent.parent / "fixtures" / "voice"
 _ids = itertools.count(1)
@@ -97,6 +99,10 @@ async def test_a_voice_note_to_telegram_books_a_haircut(s: Stack) -> None:
     heard = [(m.voice, m.text) for m in logged if m.direction == "in" and m.voice]
     assert len(heard) == 3 and all(ref and ref.startswith("voice-") for ref, _ in heard)
     assert "john" in (heard[1][1] or "").lower()
+    exported = await export_fixture(s.services.runtime, s.a, f"telegram:{user}")
+    assert exported is not None
+    turns = YAML(typ="safe").load(exported)["turns"]
+    assert [(t["voice"], t["heard"]) for t in turns if "voice" in t] == heard
 
 
 async def test_corrupt_and_overlong_voice_notes_get_a_clear_answer_and_the_dialog_goes_on(s: Stack) -> None:
