@@ -174,6 +174,9 @@ class Settings(Model):
     data_dir: str = "./var"
     session_ttl_days: int = Field(default=30, gt=0)
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
+    dead_letter_after_minutes: float = Field(
+        default=10, gt=0, description="how long a message may keep failing before it is dead-lettered"
+    )
     tenants: dict[TenantId, TenantConfig] = Field(min_length=1)
 
     @field_validator("redis_url", "database_url", mode="before")
