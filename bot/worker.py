@@ -302,7 +302,7 @@ class ResilientWorker(Worker):
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
-    runtime = await Runtime.start(ctx["settings"])
+    runtime = await Runtime.start_when_reachable(ctx["settings"])
     ctx["services"] = Services.build(runtime, in_process=False, queue_name=ctx["queue_name"])
     freeze_startup_objects()  # the runtime and tenants just built are as long-lived as the imports
 
@@ -362,7 +362,7 @@ async def run_worker(settings: Settings) -> int:
         except (RedisError, OSError, StorageError, SQLAlchemyError) as exc:
             delay = starts.delay(failures)
             failures += 1
-            log.error("worker could not start or lost its storage (%r); trying again in %.1f s", exc, delay)
+            log.error("storage unreachable (%r); the worker starts again in %.1f s", exc, delay)
         finally:
             await _close_quietly(worker)
         await asyncio.sleep(delay)
