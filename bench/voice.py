@@ -25,7 +25,8 @@ from bot.config import load_config
 from bot.pipeline import Pipeline
 from bot.runtime import Runtime
 from channels.base import InboundMessage, MediaRef
-from channels.telegram import TelegramChannel, TelegramSettings
+from channels.settings import TelegramSettings
+from channels.telegram import TelegramChannel
 from llm.stt import SAMPLE_RATE, decode, load_model
 from tests.doubles.telegram import TelegramDouble
 
