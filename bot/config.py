@@ -33,6 +33,7 @@ from bot.settings import DialogConfig, Settings, TenantConfig, did_you_mean
 from dialogs.exceptions import Problem, TemplateError
 from dialogs.loader import available_templates, builtin_template, text_problems, validator_problems
 from dialogs.schema import Template
+from llm.stt import model_problem
 
 ENV_VAR = "BOOKINGBOT_CONFIG"
 DEFAULT_PATH = Path("config.yaml")
@@ -100,6 +101,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Setti
     findings += [(loc, message) for loc, message in schema if loc not in unresolved]
     semantic, template_problems = _cross_check(data, line)
     findings += semantic
+    findings += _voice_findings(settings) if settings is not None else []
     problems += [Problem(file, line(loc), message) for loc, message in findings]
     problems.sort(key=lambda p: p.line)
     problems += template_problems
@@ -393,6 +395,18 @@ def _cross_check(data: Any, line: LineOf) -> tuple[list[Finding], list[Problem]]
             template = templates[parts.dialog.template]
             findings += _dialog_findings(("tenants", tenant), parts.locale, parts.dialog, template)
     return findings, template_problems
+
+
+def _voice_findings(settings: Settings) -> Iterator[Finding]:
+    """Every model a voice-enabled tenant uses must be loadable here (models are never downloaded)."""
+    for tenant, cfg in settings.tenants.items():
+        if not cfg.voice.enabled:
+            continue
+        own = cfg.voice.model is not None
+        loc: Loc = ("tenants", tenant, "voice", "model") if own else ("voice", "model")
+        problem = model_problem(cfg.voice.model or settings.voice.model)
+        if problem is not None:
+            yield loc, f"{_at(loc)}{problem} (voice is enabled for tenant {tenant!r})"
 
 
 @dataclass(frozen=True)

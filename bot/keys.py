@@ -83,6 +83,11 @@ def webchat_outbox(tenant: str, user_id: str) -> str:
     return f"{PREFIX}:{tenant}:webchat:{user_id}"
 
 
+def webchat_voice(tenant: str, media_id: str) -> str:
+    """A voice note uploaded from the web chat page, until a drain transcribes it (bytes, with a TTL)."""
+    return f"{PREFIX}:{tenant}:webchat-voice:{media_id}"
+
+
 def webchat_secret(tenant: str) -> str:
     """The key that signs a tenant's web chat identities (created once, shared by every server process)."""
     return f"{PREFIX}:{tenant}:webchat-secret"

@@ -31,6 +31,13 @@ LOG_DROPPED = Counter(
     "bookingbot_message_log_dropped_total", "Message log rows given up on (each one logged)", ["reason"]
 )
 
+VOICE_NOTES = Counter("bookingbot_voice_notes_total", "Voice notes by outcome", ["channel", "outcome"])
+VOICE_SECONDS = Histogram(
+    "bookingbot_voice_seconds",
+    "Time to fetch, decode and transcribe one voice note",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus' text format, and its content type."""

@@ -33,6 +33,7 @@ from bot.profile import tenant_profile
 from bot.retry import Backoff
 from bot.sessions import SessionStore
 from bot.settings import Settings, TenantConfig
+from bot.voice import Voice
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
@@ -91,6 +92,7 @@ class Runtime:
         self.log = log
         self.sessions = SessionStore(redis, ttl_seconds=settings.session_ttl_days * 86400)
         self.inbox = Inbox(redis)
+        self.voice = Voice(settings)
         self.tenants: dict[str, Tenant] = {}
         for tenant_id, cfg in settings.tenants.items():
             self.add_tenant(tenant_id, cfg)
@@ -149,6 +151,7 @@ class Runtime:
             await self.redis.delete(key)
 
     async def aclose(self) -> None:
+        self.voice.close()
         await self.log.aclose()
         await redis_conn.close(self.redis)
         await self.db.dispose()

@@ -4,6 +4,7 @@ Routes::
 
     POST /webhooks/telegram/{tenant}    GET + POST /webhooks/whatsapp/{tenant}    POST /webhooks/vk/{tenant}
     GET  /chat/{tenant}                 POST /chat/{tenant}/messages              GET /chat/{tenant}/messages
+    POST /chat/{tenant}/voice           (a recorded voice note: the audio file as the body)
     GET  /health                        GET  /health/ready                        GET /metrics
 
 A webhook is verified with the URL's tenant's secret, parsed, and each message handed to
@@ -167,18 +168,19 @@ async def _body_timeout(_request: Request, exc: Exception) -> Response:
     return _refusal(_Refused(408, str(exc)))
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise _Refused(400, "bad Content-Length")
-    if declared is not None and (len(declared) > len(str(MAX_BODY)) or int(declared) > MAX_BODY):
-        raise _Refused(413, "body over 1 MB")
+    too_large = "body over 1 MB" if limit == MAX_BODY else f"body over {limit:,} bytes"
+    if declared is not None and (len(declared) > len(str(limit)) or int(declared) > limit):
+        raise _Refused(413, too_large)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise _Refused(413, "body over 1 MB")
+        if size > limit:
+            raise _Refused(413, too_large)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -285,6 +287,28 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
         body = {"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}
         return JSONResponse(body, status_code=202)
 
+    @app.post("/chat/{tenant}/voice")
+    async def post_voice(tenant: str, request: Request) -> Response:
+        """A voice note recorded on the page: kept in Redis, then a message that refers to it is ingested."""
+        try:
+            services = known(tenant)
+            user_id, event_id, mime = _voice_params(request)
+            await _authorize(services, request, tenant, user_id)
+            audio = await _read_body(request, services.runtime.settings.voice.max_bytes)
+            if not audio:
+                raise _Refused(400, "empty body: send the recorded audio file")
+            media_id = await services.webchat.keep_media(tenant, audio)
+            msg = web.voice_message(tenant, user_id, event_id, media_id, mime)
+            outcome = await services.ingest.accept(msg)
+        except _Refused as exc:
+            return _refusal(exc)
+        except RedisError as exc:
+            log.error("web chat voice note not accepted, Redis failed: %s", exc)
+            return _refusal(_Refused(503, "storage unavailable, retry later"))
+        metrics.INGESTED.labels("web", outcome.name.lower()).inc()
+        body = {"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}
+        return JSONResponse(body, status_code=202)
+
     @app.get("/chat/{tenant}/messages")
     async def get_messages(tenant: str, request: Request) -> Response:
         try:
@@ -318,6 +342,19 @@ async def _authorize(services: Services, request: Request, tenant: str, user_id:
     """A web chat call must carry the token the page was served with for this ``user_id``."""
     if not await services.webchat.authorized(tenant, user_id, request.headers.get(CHAT_TOKEN_HEADER)):
         raise _Refused(401, f"missing or wrong {CHAT_TOKEN_HEADER} for this user_id")
+
+
+def _voice_params(request: Request) -> tuple[str, str | None, str]:
+    user_id = request.query_params.get("user_id", "")
+    event_id = request.query_params.get("event_id")
+    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not _USER_ID.match(user_id):
+        raise _Refused(400, "user_id: 1-64 of A-Z a-z 0-9 _ . : -")
+    if event_id is not None and not _USER_ID.match(event_id):
+        raise _Refused(400, "event_id: 1-64 of A-Z a-z 0-9 _ . : -")
+    if not mime.startswith(("audio/", "video/webm")):  # browsers label recorded WebM audio either way
+        raise _Refused(415, "Content-Type must be the recording's audio type, e.g. audio/webm or audio/ogg")
+    return user_id, event_id, mime
 
 
 def _poll_params(request: Request) -> tuple[str, int, float]:

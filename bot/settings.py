@@ -153,6 +153,28 @@ class ChannelsConfig(Model):
     vk: VKSettings | None = None
 
 
+class VoiceConfig(Model):
+    """Speech-to-text of voice notes (global): see ``llm.stt``. The language is each tenant's locale."""
+
+    model: str = Field(default="tiny.en", description="a packaged model name, or a CTranslate2 model directory")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: Literal[
+        "default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+        "bfloat16", "float32",
+    ] = "int8"  # fmt: skip
+    max_seconds: float = Field(default=120, gt=0, le=3600, description="longer notes are refused politely")
+    max_bytes: int = Field(default=5_000_000, gt=0, le=100_000_000)
+    echo: bool = Field(default=False, description='reply "I heard: ..." before answering')
+    beam_size: int = Field(default=1, ge=1, le=10)
+    workers: int = Field(default=1, ge=1, le=16, description="voice notes transcribed at once per process")
+    cpu_threads: int = Field(default=0, ge=0, le=64, description="threads per voice note; 0: one per core, at most 4")
+
+
+class TenantVoice(Model):
+    enabled: bool = False
+    model: str | None = Field(default=None, description="this tenant's model (default: voice.model)")
+
+
 class TenantConfig(Model):
     name: str
     locale: Literal["en", "ru"] = "en"
@@ -167,6 +189,7 @@ class TenantConfig(Model):
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     info: InfoConfig = Field(default_factory=InfoConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    voice: TenantVoice = Field(default_factory=TenantVoice)
     staff_token: str | None = Field(
         default=None, min_length=16, description="enables /staff/<tenant>?token=...: the read-only bookings page"
     )
@@ -182,6 +205,7 @@ class Settings(Model):
     database_url: str | None = Field(default=None, description="unset: SQLite under data_dir")
     data_dir: str = "./var"
     session_ttl_days: int = Field(default=30, gt=0)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
     dead_letter_after_minutes: float = Field(
         default=10, gt=0, description="how long a message may keep failing before it is dead-lettered"
     )

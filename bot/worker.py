@@ -2,8 +2,8 @@
 
 For each inbox item, under the inbox lease: parse it back to an :class:`InboundMessage`, run it through the
 :class:`~bot.pipeline.Pipeline`, acknowledge a pressed button, and send the replies through the
-:class:`~bot.sender.Sender`. A voice note reaches the engine as an empty text until speech-to-text is
-configured (its issue plugs in before the pipeline), so the dialog asks again in words.
+:class:`~bot.sender.Sender`. A voice note's audio is fetched through its channel and transcribed inside the
+pipeline (:mod:`bot.voice`).
 
 Crash safety (the at-least-once window is spelled out in the README):
 
@@ -71,6 +71,7 @@ from bot.retry import Backoff
 from bot.runtime import Runtime
 from bot.sender import Sender
 from bot.settings import Settings
+from bot.voice import MediaFetch
 from bot.webchat import WebChat
 from channels.base import InboundMessage
 from dialogs.exceptions import Problem
@@ -123,10 +124,11 @@ class Drainer:
         dead_letter_after: float = 600.0,
         retry: Backoff = DRAIN_RETRY,
         clock: Clock = lambda: datetime.now(UTC),
+        media: MediaFetch | None = None,
     ) -> None:
         self.rt = runtime
         self.clock = clock
-        self._pipeline = Pipeline(runtime)
+        self._pipeline = Pipeline(runtime, media)
         self.sender = sender
         self.markers = markers
         self._failed = runtime.redis.register_script(_FAILED)
@@ -235,7 +237,7 @@ class Services:
         webchat = WebChat(redis, ttl_s=runtime.settings.session_ttl_days * 86400)
         channels = ChannelSet(runtime.settings, webchat)
         drainer.setdefault("dead_letter_after", runtime.settings.dead_letter_after_minutes * 60)
-        drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), **drainer)
+        drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), media=channels.fetch_media, **drainer)
         scheduler: Scheduler = InProcess(drains.run_to_end) if in_process else ArqQueue(queue_name)
         return cls(runtime, webchat, channels, drains, Ingest(redis, scheduler))
 

@@ -29,16 +29,17 @@ SLOT_BUTTONS = {"svc": "service", "date": "date", "time": "time"}  # button valu
 
 
 class Engine(IntentFlow):
-    def _unheard(self, session: Session) -> StepResult:
-        """A voice note nobody could read: ask for text, offer the last buttons again, and change nothing else
+    def _unheard(self, session: Session, message: UserInput) -> StepResult:
+        """A voice note nobody could read: say why, offer the last buttons again, and change nothing else
         (it is not a failed attempt at the slot being asked)."""
-        reply = Reply(key="voice_unsupported", text=self.text("voice_unsupported"), buttons=tuple(session.offered))
+        key = message.voice_problem
+        reply = Reply(key=key, text=self.text(key, **message.voice_facts), buttons=tuple(session.offered))
         return StepResult(replies=(reply,))
 
     async def step(self, session: Session, message: UserInput, now: datetime, calendar: CalendarPort) -> StepResult:
         """Handle one customer message; mutates ``session`` in place."""
         if message.voice and not message.text.strip():
-            return self._unheard(session)
+            return self._unheard(session, message)
         turn = self._turn(session, now, calendar)
         pressed = self._pressed(session, message)
         text = "" if pressed else message.text.strip()

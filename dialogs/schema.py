@@ -83,7 +83,11 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "book_failed": DIALOG_FACTS,
     "effect_failed": DIALOG_FACTS,
     "not_found": _PLAIN,
-    "voice_unsupported": _PLAIN,  # a voice note and no speech-to-text to read it
+    "voice_unsupported": _PLAIN,  # a voice note and no speech-to-text to read it (or not in this language)
+    "voice_too_long": frozenset({"minutes"}),  # over voice.max_seconds (or max_bytes)
+    "voice_unreadable": _PLAIN,  # not decodable audio
+    "voice_unheard": _PLAIN,  # no speech in it
+    "voice_echo": frozenset({"text"}),  # voice.echo: what was heard, before the answer
     **{
         f"button_{name}": _PLAIN
         for name in ("yes", "no", "start_over", "human", "book", "my_bookings", "reschedule", "cancel_booking", "keep")

@@ -296,3 +296,18 @@ def test_a_bad_config_leaves_an_earlier_one_untouched() -> None:
     assert good.model_dump() == before
     assert load_config(SHIPPED, env={}) == good
 
+
+def test_voice_settings_and_models_that_are_not_installed(tmp_path: Path) -> None:
+    """Models are never downloaded: a voice-enabled tenant's model must be here (checked without loading it)."""
+    assert problems("voice.yaml") == [
+        (3, "voice.device: expected 'cpu', 'cuda' or 'auto', got 'gpu'"),
+        (4, "voice.max_seconds: must be greater than 0.0, got 0"),
+    ]
+    path = tmp_path / "voice.yaml"
+    text = (CONFIGS / "voice.yaml").read_text()
+    path.write_text(text.replace("device: gpu", "device: cpu").replace("max_seconds: 0", "max_seconds: 60"))
+    found = problems(path)
+    assert [line for line, _ in found] == [2, 11]  # tenant `off` has voice off: its model is not checked
+    assert found[0][1].startswith("voice.model: model 'large-v3' is neither a directory nor one of the packaged")
+    assert found[0][1].endswith("(voice is enabled for tenant 'u')")
+    assert found[1][1].startswith("tenants.t.voice.model: model '/no/such/model/dir' is neither a directory")
