@@ -101,7 +101,7 @@ async def test_a_voice_note_to_telegram_books_a_haircut(s: Stack) -> None:
     assert "john" in (heard[1][1] or "").lower()
     exported = await export_fixture(s.services.runtime, s.a, f"telegram:{user}")
     assert exported is not None
-    turns = YAML(typ="safe").load(exported)["turns"]
+    turns = YAML(typ="safe", pure=True).load(exported)["turns"]  # as replay reads it (YAML 1.2)
     assert [(t["voice"], t["heard"]) for t in turns if "voice" in t] == heard
 
 
