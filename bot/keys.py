@@ -107,3 +107,14 @@ JOB_QUEUE: str = default_queue_name
 def scratch(tenant: str, name: str) -> str:
     """A free-form key for tests and tools (order checks, benchmarks); never used by the running bot."""
     return f"{PREFIX}:{tenant}:scratch:{name}"
+
+
+def llm_budget(tenant: str, scope: str, period: str) -> str:
+    """A token budget's ledger for one period (a hash, see :mod:`llm.quota`): ``scope`` is ``day``, ``month``
+    or ``conv:<conversation>`` (a conversation's day); ``period`` is ``YYYY-MM-DD`` or ``YYYY-MM``."""
+    return f"{PREFIX}:{tenant}:llm-budget:{scope}:{period}"
+
+
+def paraphrase(tenant: str, digest: str) -> str:
+    """A cached paraphrase (or the verdict to keep the template text) of one rendered reply."""
+    return f"{PREFIX}:{tenant}:paraphrase:{digest}"

@@ -56,6 +56,8 @@ class Pipeline:
         turn = Turn(session)
         user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone, voice=msg.voice is not None)
         await self._apply(turn, tenant, await tenant.engine.step(session, user_input, now, tenant.calendar), now)
+        if tenant.assistant is not None:  # paraphrased before the save, so a redriven turn resends the same words
+            turn.replies = await tenant.assistant.paraphrase(session, turn.replies)
         session.last_event = msg.event_id
         await self.rt.sessions.save(session)
         self._log(msg, turn, now, pressed)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import db, keys, tables
 from bot import redis as redis_conn
+from bot.assist.wiring import Assistant, build_assistant
 from bot.booking.base import BookingBackend
 from bot.booking.local import LocalCalendar
 from bot.exceptions import ConfigError
@@ -28,7 +29,8 @@ from bot.settings import Settings, TenantConfig
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
-from dialogs.ports import ServiceInfo, TenantProfile
+from dialogs.ports import ServiceInfo, SlotFallback, TenantProfile
+from llm.provider import close_clients
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Tenant:
     profile: TenantProfile
     engine: Engine
     calendar: BookingBackend
+    assistant: Assistant | None = None  # the tenant's LLM, when it is on
 
 
 def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
@@ -57,18 +60,21 @@ def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
     )
 
 
-def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
+def build_engine(profile: TenantProfile, cfg: TenantConfig, slot_fallback: SlotFallback | None = None) -> Engine:
     overrides = {name: (o.required, o.validators) for name, o in cfg.dialog.slots.items()}
     return Engine(
         builtin_template(cfg.dialog.template),
         profile,
         max_attempts=cfg.dialog.max_attempts,
         slot_overrides=overrides,
+        slot_fallback=slot_fallback,
     )
 
 
-def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tenant:
-    """A tenant's profile, dialog engine and booking backend, from its config."""
+def build_tenant(
+    tenant_id: str, cfg: TenantConfig, engine: AsyncEngine, assistant: Assistant | None = None
+) -> Tenant:
+    """A tenant's profile, dialog engine and booking backend, from its config (and its LLM, when it is on)."""
     profile = tenant_profile(tenant_id, cfg)
     calendar = LocalCalendar(
         engine,
@@ -80,7 +86,8 @@ def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tena
         cfg.booking.horizon_days,
         cache_seconds=cfg.booking.availability_cache_seconds,
     )
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar)
+    fallback = assistant if assistant is not None and assistant.llm.extract else None
+    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg, fallback), calendar, assistant)
 
 
 def database_url(settings: Settings) -> str:
@@ -114,7 +121,8 @@ class Runtime:
 
     def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
         """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
-        tenant = build_tenant(tenant_id, cfg, self.db)
+        llm = build_assistant(tenant_profile(tenant_id, cfg), self.settings.llm, cfg.llm, self.redis, self.db)
+        tenant = build_tenant(tenant_id, cfg, self.db, llm)
         self.tenants[tenant_id] = tenant
         return tenant
 
@@ -136,6 +144,7 @@ class Runtime:
             await self.redis.delete(key)
 
     async def aclose(self) -> None:
+        await close_clients()
         await self.log.aclose()
         await redis_conn.close(self.redis)
         await self.db.dispose()

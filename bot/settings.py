@@ -131,6 +131,38 @@ class ChannelsConfig(Model):
     vk: VKSettings | None = None
 
 
+def _http_url(value: str | None) -> str | None:
+    if value and not re.fullmatch(r"https?://[^\s/]+\S*", value):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value or None
+
+
+HttpUrl = Annotated[str | None, AfterValidator(_http_url)]
+
+
+class BudgetConfig(Model):
+    """Token budgets (prompt + completion); unset: no limit of that kind. Days are in the tenant's timezone."""
+
+    daily_tokens: int | None = Field(default=None, ge=0)
+    monthly_tokens: int | None = Field(default=None, ge=0)
+    customer_daily_tokens: int | None = Field(default=None, ge=0, description="per conversation and day")
+    alert_webhook: HttpUrl = Field(default=None, description="POSTed at 80% and 100% of a budget")
+
+
+class LLMConfig(Model):
+    """The ``llm:`` block, global or per tenant; a tenant's keys override the global ones key by key
+    (``budget`` too). See :func:`bot.assist.wiring.effective_llm`."""
+
+    base_url: HttpUrl = None
+    api_key: str | None = None
+    model: str | None = Field(default=None, min_length=1)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=120)
+    paraphrase: bool | None = None
+    style: str | None = Field(default=None, max_length=500)
+    extract: bool | None = None
+    budget: BudgetConfig | None = None
+
+
 class TenantConfig(Model):
     name: str
     locale: Literal["en", "ru"] = "en"
@@ -143,6 +175,7 @@ class TenantConfig(Model):
     booking: BookingConfig = Field(default_factory=BookingConfig)
     dialog: DialogConfig = Field(default_factory=DialogConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
 
 
 class Settings(Model):
@@ -150,6 +183,7 @@ class Settings(Model):
     database_url: str | None = Field(default=None, description="unset: SQLite under data_dir")
     data_dir: str = "./var"
     session_ttl_days: int = Field(default=30, gt=0)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     tenants: dict[TenantId, TenantConfig] = Field(min_length=1)
 
     @field_validator("redis_url", "database_url", mode="before")

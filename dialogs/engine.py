@@ -18,6 +18,7 @@ from datetime import date, datetime, time, timedelta
 
 from dialogs.exceptions import Problem, TemplateError
 from dialogs.extract import ExtractContext, extract_all, extract_phone
+from dialogs.fallback import fallback_slots
 from dialogs.loader import placeholders, text_problems, validator_problems
 from dialogs.model import (
     BookSlot,
@@ -32,7 +33,7 @@ from dialogs.model import (
     SyncCustomer,
     UserInput,
 )
-from dialogs.ports import BookingView, CalendarPort, TenantProfile
+from dialogs.ports import BookingView, CalendarPort, SlotFallback, TenantProfile
 from dialogs.schema import INTENTS, RAW_INVALID, RESTING, SlotSpec, StateSpec, Template
 from dialogs.session import Session
 from dialogs.validators import VALIDATORS, Context, parse_date
@@ -106,6 +107,7 @@ class Engine:
         *,
         max_attempts: int = 3,
         slot_overrides: SlotOverrides | None = None,
+        slot_fallback: SlotFallback | None = None,
     ) -> None:
         overrides = slot_overrides or {}
         problems = override_problems(template, profile, overrides)
@@ -114,6 +116,7 @@ class Engine:
         self.template = template
         self.profile = profile
         self.max_attempts = max_attempts
+        self.slot_fallback = slot_fallback  # asked only when the rules found neither a slot nor an intent
         self.slots = {name: _override(spec, overrides.get(name)) for name, spec in template.slots.items()}
         self._texts = {**template.texts[profile.locale], **profile.texts}
         self._fields = {key: tuple(placeholders(text)) for key, text in self._texts.items()}
@@ -160,6 +163,9 @@ class Engine:
         text = "" if pressed else message.text.strip()
         intent = self._intent(pressed, text)
         found = self._found(turn, pressed, text, message.phone)
+        if self.slot_fallback and text and not found and intent is None:
+            ctx = self._extract_ctx(turn)
+            found = await fallback_slots(self.slot_fallback, ctx, session, text, tuple(self.slots))
         await self._dispatch(turn, intent, pressed, text, found)
         return turn.result()
 
@@ -211,9 +217,8 @@ class Engine:
         name = pressed.removeprefix("intent:")
         return name if name in INTENTS and (name != pressed or name in ("yes", "no")) else None
 
-    def _found(self, turn: _Turn, pressed: str | None, text: str, phone: str | None) -> dict[str, str]:
-        """Slot values in the message: extracted from the text, carried by a button or a shared contact."""
-        ctx = ExtractContext(
+    def _extract_ctx(self, turn: _Turn) -> ExtractContext:
+        return ExtractContext(
             now=turn.ctx.now,
             tz=self._tz,
             locale=self.profile.locale,
@@ -221,6 +226,10 @@ class Engine:
             default_region=self.profile.default_region,
             expecting=self._state(turn).slot,
         )
+
+    def _found(self, turn: _Turn, pressed: str | None, text: str, phone: str | None) -> dict[str, str]:
+        """Slot values in the message: extracted from the text, carried by a button or a shared contact."""
+        ctx = self._extract_ctx(turn)
         found = extract_all(text, ctx) if text else {}
         if pressed:
             prefix, _, value = pressed.partition(":")
