@@ -78,8 +78,8 @@ class MeteredProvider:
         held = await self.ledger.reserve(budgets, request.worst_case(), int(time.time() * 1000))
         if isinstance(held, Refusal):
             await self.observer.refused(meta, held)
-            if held.spent_alert:
-                await self.observer.alert(meta.tenant, Alert(budget=held.budget, threshold=100, used=held.used))
+            for threshold in held.alerts:
+                await self.observer.alert(meta.tenant, Alert(budget=held.budget, threshold=threshold, used=held.used))
             return Outcome("over_budget")
         try:
             completion = await self.provider.complete(request)

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
 # KEYS: budget hashes. ARGV: id, amount, now_ms, expires_ms, then per key: limit (-1: none), ttl_ms.
-# Returns {0} when held, else {index (1-based) of the first budget without room, its used, its limit,
-# 1 if that budget is spent even without the other calls in flight and its 100% alert was not yet raised}.
+# Returns {0} when held, else {index (1-based) of the first budget without room, its used, its limit, then
+# 80 and/or 100 for alerts raised now: a budget that cannot take this call even with no other call in flight is
+# spent (its 80% mark is passed on the way, if no settled call crossed it)}.
 _RESERVE = """
 local id, amount, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local n = #KEYS
@@ -40,18 +41,22 @@ for i = 1, n do
     end
   end
   redis.call('HSET', KEYS[i], 'reserved', reserved)
-  local limit = tonumber(ARGV[3 + 2 * i - 1])
+  local limit = tonumber(ARGV[3 + 2 * i])
   local used = tonumber(redis.call('HGET', KEYS[i], 'used') or '0')
   if limit >= 0 and used + reserved + amount > limit then
-    local spent = 0
-    if used + amount > limit then spent = redis.call('HSETNX', KEYS[i], 'a100', 1) end
-    return {i, used, limit, spent}
+    local answer = {i, used, limit}
+    if used + amount > limit then
+      for _, pct in ipairs({80, 100}) do
+        if redis.call('HSETNX', KEYS[i], 'a' .. pct, 1) == 1 then table.insert(answer, pct) end
+      end
+    end
+    return answer
   end
 end
 for i = 1, n do
   redis.call('HSET', KEYS[i], 'r:' .. id, amount .. ':' .. ARGV[4])
   redis.call('HINCRBY', KEYS[i], 'reserved', amount)
-  redis.call('PEXPIRE', KEYS[i], ARGV[3 + 2 * i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[4 + 2 * i])
 end
 return {0}
 """
@@ -110,7 +115,7 @@ class Refusal(BaseModel):
     budget: Budget
     used: int
     limit: int
-    spent_alert: bool  # the budget is spent and its 100% alert is raised now (once per period)
+    alerts: tuple[int, ...]  # thresholds (80, 100) raised by this refusal: the budget cannot take such a call
 
 
 class Alert(BaseModel):
@@ -138,8 +143,8 @@ class QuotaLedger:
         answer = await self._reserve(keys=[b.key for b in budgets], args=args)
         if int(answer[0]) == 0:
             return Reservation(id=rid, tokens=tokens, budgets=tuple(budgets))
-        index, used, limit, spent = (int(x) for x in answer)
-        return Refusal(budget=budgets[index - 1], used=used, limit=limit, spent_alert=bool(spent))
+        index, used, limit, *alerts = (int(x) for x in answer)
+        return Refusal(budget=budgets[index - 1], used=used, limit=limit, alerts=tuple(alerts))
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> list[Alert]:
         """Commit ``used_tokens`` and release the rest of the reservation; the alerts this crossed."""
