@@ -55,7 +55,7 @@ def guard_problems(template: str, paraphrase: str, facts: Iterable[str] = (), la
     for fact in sorted(hard):
         if not _contains(paraphrase, fact, exact=True):
             problems.append(f"lost {fact!r}")
-    for fact in sorted(soft | name_words(template)):
+    for fact in sorted((soft | name_words(template)) - hard):
         if not _contains(paraphrase, fact, exact=False):
             problems.append(f"lost {fact!r}")
     for fact in sorted(hard_facts(paraphrase) - hard):
