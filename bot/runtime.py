@@ -119,9 +119,11 @@ class Runtime:
         await log.start()
         return cls(settings, redis, engine, log)
 
-    def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
-        """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
-        llm = build_assistant(tenant_profile(tenant_id, cfg), self.settings.llm, cfg.llm, self.redis, self.db)
+    def add_tenant(self, tenant_id: str, cfg: TenantConfig, *, alias_of: str | None = None) -> Tenant:
+        """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant: an
+        alias shares its tenant's paraphrase cache, which holds nothing of a conversation)."""
+        profile = tenant_profile(tenant_id, cfg)
+        llm = build_assistant(profile, self.settings.llm, cfg.llm, self.redis, self.db, cache_of=alias_of)
         tenant = build_tenant(tenant_id, cfg, self.db, llm)
         self.tenants[tenant_id] = tenant
         return tenant

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from doubles.openai import PREFIX, OpenAIDouble
 
+from bot import keys
 from bot.config import load_config
 from bot.pipeline import Pipeline
 from bot.replay import Replayer
@@ -59,8 +60,15 @@ async def _say(runtime: Runtime, tenant: Tenant, user: str, texts: list[str]) ->
     return said
 
 
+async def _forget_paraphrases(runtime: Runtime) -> None:
+    for tenant in ("demo", "demo-ru"):  # replay aliases share their tenant's cache
+        async for key in runtime.redis.scan_iter(match=keys.paraphrase(tenant, "*")):
+            await runtime.redis.delete(key)
+
+
 async def test_replay_fixtures_pass_with_paraphrasing_on(runtime: Runtime, double: OpenAIDouble) -> None:
     double.reset()
+    await _forget_paraphrases(runtime)
     assert runtime.tenant("demo").assistant is not None and runtime.tenant("demo-ru").assistant is not None
     replayer = Replayer(runtime)
     failures: list[str] = []
@@ -73,6 +81,7 @@ async def test_replay_fixtures_pass_with_paraphrasing_on(runtime: Runtime, doubl
     assert paraphrased > 100  # the fixtures really ran on paraphrased replies, in both languages
     prompts = [b["messages"] for b in double.completions() if "response_format" not in b]
     assert any("Russian" in m[0]["content"] for m in prompts) and any("English" in m[0]["content"] for m in prompts)
+    await _forget_paraphrases(runtime)
 
 
 async def test_customer_words_never_enter_a_paraphrase_prompt(

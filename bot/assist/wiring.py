@@ -65,11 +65,17 @@ def effective_llm(global_cfg: LLMConfig, tenant_cfg: LLMConfig) -> EffectiveLLM:
 class Assistant:
     """A tenant's LLM: paraphrases replies and reads slots the rules could not, within its budgets."""
 
-    def __init__(self, profile: TenantProfile, llm: EffectiveLLM, metered: MeteredProvider, redis: Redis) -> None:
+    def __init__(
+        self, profile: TenantProfile, llm: EffectiveLLM, metered: MeteredProvider, redis: Redis, cache_of: str
+    ) -> None:
         self.profile = profile
         self.llm = llm
         self.metered = metered
-        self.paraphraser = Paraphraser(metered, redis, keys.paraphrase, style=llm.style, ttl_seconds=CACHE_TTL_S)
+
+        def cache_key(tenant: str, digest: str) -> str:
+            return keys.paraphrase(cache_of, digest)
+
+        self.paraphraser = Paraphraser(metered, redis, cache_key, style=llm.style, ttl_seconds=CACHE_TTL_S)
 
     def budgets(self, conversation: str) -> list[Budget]:
         today = datetime.now(UTC).astimezone(ZoneInfo(self.profile.timezone))
@@ -131,9 +137,16 @@ class Assistant:
 
 
 def build_assistant(
-    profile: TenantProfile, global_cfg: LLMConfig, tenant_cfg: LLMConfig, redis: Redis, db: AsyncEngine
+    profile: TenantProfile,
+    global_cfg: LLMConfig,
+    tenant_cfg: LLMConfig,
+    redis: Redis,
+    db: AsyncEngine,
+    *,
+    cache_of: str | None = None,
 ) -> Assistant | None:
-    """The tenant's assistant, or None when its LLM is off (no API key, or neither paraphrase nor extract)."""
+    """The tenant's assistant, or None when its LLM is off (no API key, or neither paraphrase nor extract).
+    ``cache_of``: the tenant whose paraphrase cache to use (a replay alias shares its tenant's)."""
     llm = effective_llm(global_cfg, tenant_cfg)
     if not llm.on:
         return None
@@ -141,4 +154,4 @@ def build_assistant(
         ProviderConfig(base_url=llm.base_url, api_key=llm.api_key, model=llm.model, timeout_seconds=llm.timeout_seconds)
     )
     metered = MeteredProvider(provider, QuotaLedger(redis), Observer(db, llm.budget.alert_webhook))
-    return Assistant(profile, llm, metered, redis)
+    return Assistant(profile, llm, metered, redis, cache_of or profile.id)
