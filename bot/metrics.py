@@ -38,5 +38,7 @@ LLM_BUDGET_ALERTS = Counter(
     "bookingbot_llm_budget_alerts_total", "Token budgets crossing 80% / 100% (once per period)", ["budget", "threshold"]
 )
 LLM_PARAPHRASES = Counter(
-    "bookingbot_llm_paraphrases_total", "Replies by what was sent", ["result"]  # paraphrase | template | cached
+    "bookingbot_llm_paraphrases_total",
+    "Replies to paraphrase by source: cache (no call), llm (fresh paraphrase), template (refused/failed/over budget)",
+    ["source"],
 )

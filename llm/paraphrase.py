@@ -55,8 +55,6 @@ class Paraphraser:
         self._redis = redis
         self._cache_key = cache_key
         self.ttl_seconds = ttl_seconds
-        self.hits = 0
-        self.misses = 0
 
     def request(self, job: ParaphraseJob) -> ChatRequest:
         rules = _RULES.format(language=LANGUAGES.get(job.locale, job.locale), style=self.style)
@@ -70,14 +68,13 @@ class Paraphraser:
         parts = "\x1f".join((job.locale, job.key, job.text, self.style, model))
         return hashlib.sha256(parts.encode()).hexdigest()[:32]
 
-    async def paraphrase(self, job: ParaphraseJob, budgets: Sequence[Budget], meta: CallMeta) -> str:
-        """The text to send for ``job``: a checked paraphrase, else the template text."""
+    async def paraphrase(self, job: ParaphraseJob, budgets: Sequence[Budget], meta: CallMeta) -> tuple[str, str]:
+        """The text to send for ``job`` (a checked paraphrase, else the template text) and where it came from:
+        ``cache`` (no call), ``llm`` (a fresh paraphrase) or ``template`` (refused, failed or over budget)."""
         key = self._cache_key(meta.tenant, self._digest(job))
         cached = await self._redis.get(key)
         if cached is not None:
-            self.hits += 1
-            return (cached.decode() if isinstance(cached, bytes) else str(cached)) or job.text
-        self.misses += 1
+            return (cached.decode() if isinstance(cached, bytes) else str(cached)) or job.text, "cache"
 
         def accept(completion: Completion) -> str | None:
             text = completion.text.strip()
@@ -92,4 +89,4 @@ class Paraphraser:
         result = await self.metered.call(self.request(job), budgets, meta, accept)
         if result.outcome in ("ok", "rejected"):  # over budget or failed: nothing learnt, ask again next time
             await self._redis.set(key, result.value or KEEP, ex=self.ttl_seconds)
-        return result.value or job.text
+        return (result.value, "llm") if result.value else (job.text, "template")

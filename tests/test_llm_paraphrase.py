@@ -88,8 +88,8 @@ async def test_paraphrase_is_checked_and_then_cached(
     p = _paraphraser(double, redis, pg_engine)
     first = await p.paraphrase(JOB, _budgets(tenant), _meta(tenant))
     again = await p.paraphrase(JOB, _budgets(tenant), _meta(tenant))
-    assert first == again == f"Sure thing! {CONFIRM}"
-    assert len(double.completions()) == 1 and (p.hits, p.misses) == (1, 1)
+    assert first == (f"Sure thing! {CONFIRM}", "llm") and again == (first[0], "cache")
+    assert len(double.completions()) == 1
     body = double.completions()[0]
     assert body["messages"][1]["content"] == CONFIRM and "warm" in body["messages"][0]["content"]
     assert await _outcomes(pg_engine, tenant) == ["ok"]
@@ -101,8 +101,8 @@ async def test_a_paraphrase_that_loses_a_fact_is_not_sent(
 ) -> None:
     double.mode = mode
     p = _paraphraser(double, redis, pg_engine)
-    assert await p.paraphrase(JOB, _budgets(tenant), _meta(tenant)) == CONFIRM
-    assert await p.paraphrase(JOB, _budgets(tenant), _meta(tenant)) == CONFIRM  # the verdict is cached too
+    assert await p.paraphrase(JOB, _budgets(tenant), _meta(tenant)) == (CONFIRM, "template")
+    assert await p.paraphrase(JOB, _budgets(tenant), _meta(tenant)) == (CONFIRM, "cache")  # the verdict is cached too
     assert len(double.completions()) == 1
     assert await _outcomes(pg_engine, tenant) == ["rejected"]
 
@@ -115,7 +115,7 @@ async def test_a_name_that_instructs_the_model_changes_nothing(
                         facts=(name,))  # fmt: skip
     double.mode = "obey"  # the model follows the instruction in the name
     p = _paraphraser(double, redis, pg_engine)
-    sent = await p.paraphrase(job, _budgets(tenant), _meta(tenant))
+    sent, _ = await p.paraphrase(job, _budgets(tenant), _meta(tenant))
     assert sent == job.text and OBEYED not in sent
 
 
@@ -125,7 +125,7 @@ async def test_timeout_sends_the_template_in_time(
     double.latency = 5.0
     p = _paraphraser(double, redis, pg_engine, timeout=0.5)
     started = time.monotonic()
-    assert await p.paraphrase(JOB, _budgets(tenant, 10_000), _meta(tenant)) == CONFIRM
+    assert await p.paraphrase(JOB, _budgets(tenant, 10_000), _meta(tenant)) == (CONFIRM, "template")
     assert time.monotonic() - started < 0.5 + 2.0  # the timeout, plus a loaded machine's slack for Redis and SQL
     assert await _outcomes(pg_engine, tenant) == ["timeout"]
     # the provider may have done the work: the worst case stays committed
@@ -138,13 +138,13 @@ async def test_rate_limit_is_retried_once_and_errors_send_the_template(
 ) -> None:
     p = _paraphraser(double, redis, pg_engine)
     double.fail_next(1, status=429)
-    assert await p.paraphrase(JOB, _budgets(tenant), _meta(tenant)) == f"Sure thing! {CONFIRM}"
+    assert await p.paraphrase(JOB, _budgets(tenant), _meta(tenant)) == (f"Sure thing! {CONFIRM}", "llm")
     assert [c.status for c in double.calls] == [429, 200]
     billed = double.billed
     double.reset()
     other = JOB.model_copy(update={"key": "confirm_again"})
     double.fail_next(2, status=500)
-    assert await p.paraphrase(other, _budgets(tenant), _meta(tenant)) == CONFIRM
+    assert await p.paraphrase(other, _budgets(tenant), _meta(tenant)) == (CONFIRM, "template")
     assert [c.status for c in double.calls] == [500, 500]  # one retry, no more
     assert await _outcomes(pg_engine, tenant) == ["ok", "error"]
     assert double.billed == 0 and await p.metered.ledger.used(_budgets(tenant)[0]) == billed  # errors bill nothing
@@ -154,5 +154,5 @@ async def test_over_budget_sends_the_template_without_asking(
     redis: Redis, tenant: str, double: OpenAIDouble, pg_engine: AsyncEngine
 ) -> None:
     p = _paraphraser(double, redis, pg_engine)
-    assert await p.paraphrase(JOB, _budgets(tenant, limit=10), _meta(tenant)) == CONFIRM
+    assert await p.paraphrase(JOB, _budgets(tenant, limit=10), _meta(tenant)) == (CONFIRM, "template")
     assert double.calls == [] and await _outcomes(pg_engine, tenant) == []

@@ -117,8 +117,8 @@ class Assistant:
             facts=tuple(reply.facts.values()),
             labels=tuple(b.label for b in reply.buttons),
         )
-        text = await self.paraphraser.paraphrase(job, budgets, meta)
-        metrics.LLM_PARAPHRASES.labels("template" if text == reply.text else "paraphrase").inc()
+        text, source = await self.paraphraser.paraphrase(job, budgets, meta)
+        metrics.LLM_PARAPHRASES.labels(source).inc()
         return text
 
     async def __call__(self, query: SlotQuery) -> Mapping[str, str]:
