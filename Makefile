@@ -43,6 +43,11 @@ bench: install  # bench/turns.py; `make bench-webhooks` for the server
 bench-webhooks: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.webhooks
 
+# Token budgets (burst overspend), paraphrase cache and per-turn cost of the LLM, against the OpenAI double.
+.PHONY: bench-llm
+bench-llm: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.llm
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
 
