@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 
 _LINK = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+[^\s<>\"')\].,;:!?]|[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
-_NUMBER = re.compile(r"\+?\d+(?:[.,:/-]\d+)*")
+_NUMBER = re.compile(r"\+?\d+(?:[.,:/-]\d+)*(?:[^\W\d_]+\b)?")  # with a unit glued on: 5pm, 24th, 30min
 _WORD = re.compile(r"[^\W\d_][\w'’-]*", re.UNICODE)
 _SENTENCE_END = re.compile(r"[.!?…:\n]\s*$")
 

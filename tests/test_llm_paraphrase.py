@@ -50,6 +50,10 @@ def test_guard_reads_facts_off_the_text_and_keeps_option_labels() -> None:
     assert guard_problems(template, good.replace("www.salon.example/prices", "our site")) == [
         "lost 'www.salon.example/prices'"
     ]
+    example = 'Just write, e.g. "haircut tomorrow at 5pm". A trim is £25.50.'
+    assert guard_problems(example, f"Sure! {example}") == []
+    assert guard_problems(example, example.replace("5pm", "6pm")) == ["lost '5pm'", "added '6pm'"]
+    assert guard_problems(example, example.replace("25.50", "25")) == ["lost '25.50'", "added '25'"]
 
 
 @pytest.fixture
