@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import httpx
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -48,6 +47,8 @@ class Observer:
 
 async def _post(url: str, body: dict[str, object]) -> None:
     """POST an alert, retried once; a failure is logged (the alert was already logged and counted)."""
+    import httpx  # only when an alert fires: keeps it off every command's start-up
+
     async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S) as client:
         for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
             try:
