@@ -126,7 +126,7 @@ async def test_a_name_that_instructs_the_model_changes_nothing(
 async def test_timeout_sends_the_template_in_time(
     redis: Redis, tenant: str, double: OpenAIDouble, pg_engine: AsyncEngine
 ) -> None:
-    double.latency = 5.0
+    double.latency = 2.5
     p = _paraphraser(double, redis, pg_engine, timeout=0.5)
     started = time.monotonic()
     assert await p.paraphrase(JOB, _budgets(tenant, 10_000), _meta(tenant)) == (CONFIRM, "template")
