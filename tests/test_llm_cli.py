@@ -19,7 +19,6 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import keys, tables
-from bot.cli import main
 from llm.provider import close_clients
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +76,6 @@ async def test_piped_chat_books_with_paraphrases_and_a_spent_budget_gets_templat
     double: OpenAIDouble,
     shops: tuple[Path, str, str],
     services_env: dict[str, str],
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, shop, spent = shops
     env = {**os.environ, **services_env, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": double.base_url}
@@ -92,11 +90,18 @@ async def test_piped_chat_books_with_paraphrases_and_a_spent_budget_gets_templat
     assert asked and all(b["messages"][0]["content"].startswith("You rewrite") for b in asked)
     assert len(asked) == talked.count(PREFIX["en"])  # every call came from the shop; none from the spent tenant
 
-    capsys.readouterr()
-    assert await asyncio.to_thread(main, ["usage", "--config", str(config), "--tenant", shop]) == 0
-    report = capsys.readouterr().out
+    report = await _usage(config, shop, env)
     total = report.splitlines()[-1].split()
     assert "paraphrase" in report and "gpt-4o-mini" in report
     assert total[0] == "total" and int(total[1]) == len(asked) and int(total[-1]) == double.billed
-    assert await asyncio.to_thread(main, ["usage", "--config", str(config), "--tenant", spent]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "0"
+    assert (await _usage(config, spent, env)).splitlines()[-1].split()[-1] == "0"
+
+
+async def _usage(config: Path, tenant: str, env: dict[str, str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "usage", "--config", str(config), "--tenant", tenant,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=300)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
