@@ -54,6 +54,10 @@ bench-cli: install
 bench-webhooks: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.webhooks
 
+# Token budgets (burst overspend), paraphrase cache and per-turn cost of the LLM, against the OpenAI double.
+.PHONY: bench-llm
+bench-llm: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.llm
 # Fault injection on real serve/worker processes: a worker killed, Redis killed and restarted; see bench/faults.py.
 .PHONY: bench-faults
 bench-faults: install

@@ -125,3 +125,14 @@ def scratch(tenant: str, name: str) -> str:
 def handoffs(tenant: str) -> str:
     """Hash: conversation -> JSON of its open handoff to a person (``bookingbot handoff list|resume``)."""
     return f"{PREFIX}:{tenant}:handoffs"
+
+
+def llm_budget(tenant: str, scope: str, period: str) -> str:
+    """A token budget's ledger for one period (a hash, see :mod:`llm.quota`): ``scope`` is ``day``, ``month``
+    or ``conv:<conversation>`` (a conversation's day); ``period`` is ``YYYY-MM-DD`` or ``YYYY-MM``."""
+    return f"{PREFIX}:{tenant}:llm-budget:{scope}:{period}"
+
+
+def paraphrase(tenant: str, digest: str) -> str:
+    """A cached paraphrase (or the verdict to keep the template text) of one rendered reply."""
+    return f"{PREFIX}:{tenant}:paraphrase:{digest}"

@@ -42,3 +42,16 @@ VOICE_SECONDS = Histogram(
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus' text format, and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST
+
+LLM_CALLS = Counter(
+    "bookingbot_llm_calls_total", "LLM calls by purpose and outcome (over_budget: not made)", ["purpose", "outcome"]
+)
+LLM_TOKENS = Counter("bookingbot_llm_tokens_total", "Tokens the LLM provider reported", ["purpose", "kind"])
+LLM_BUDGET_ALERTS = Counter(
+    "bookingbot_llm_budget_alerts_total", "Token budgets crossing 80% / 100% (once per period)", ["budget", "threshold"]
+)
+LLM_PARAPHRASES = Counter(
+    "bookingbot_llm_paraphrases_total",
+    "Replies to paraphrase by source: cache (no call), llm (fresh paraphrase), template (refused/failed/over budget)",
+    ["source"],
+)

@@ -69,6 +69,8 @@ class Pipeline:
             user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone)
         turn = Turn(session, replies=self.rt.voice.echo(tenant, user_input))
         await self._apply(turn, tenant, await tenant.engine.step(session, user_input, now, tenant.calendar), now)
+        if tenant.assistant is not None:  # paraphrased before the save, so a redriven turn resends the same words
+            turn.replies = await tenant.assistant.paraphrase(session, turn.replies)
         session.last_event = msg.event_id
         turn.outbound = _outbound(msg, turn.replies)
         await self.rt.sessions.save(session, REPLIES.dump_json(turn.outbound).decode() if turn.outbound else "")

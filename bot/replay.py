@@ -144,7 +144,7 @@ class Replayer:
             return result
         result.pending = fixture.pending
         base = self.rt.tenant(fixture.tenant)
-        tenant = self.rt.add_tenant(f"{fixture.tenant}~{uuid.uuid4().hex[:8]}", base.config)
+        tenant = self.rt.add_tenant(f"{fixture.tenant}~{uuid.uuid4().hex[:8]}", base.config, alias_of=base.id)
         try:
             await _Conversation(self.pipeline, tenant, fixture, result).play()
         finally:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import db, keys, tables
 from bot import redis as redis_conn
+from bot.assist.wiring import Assistant, build_assistant
 from bot.booking.base import BookingBackend
 from bot.booking.local import LocalCalendar
 from bot.exceptions import ConfigError
@@ -37,7 +38,8 @@ from bot.voice import Voice
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
-from dialogs.ports import TenantProfile
+from dialogs.ports import SlotFallback, TenantProfile
+from llm.provider import close_clients
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +51,25 @@ class Tenant:
     profile: TenantProfile
     engine: Engine
     calendar: BookingBackend
+    assistant: Assistant | None = None  # the tenant's LLM, when it is on
     desk: HandoffDesk | None = None  # where handoffs to a person go (set by the Runtime, which has Redis)
 
 
-def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
+def build_engine(profile: TenantProfile, cfg: TenantConfig, slot_fallback: SlotFallback | None = None) -> Engine:
     overrides = {name: (o.required, o.validators) for name, o in cfg.dialog.slots.items()}
     return Engine(
         builtin_template(cfg.dialog.template),
         profile,
         max_attempts=cfg.dialog.max_attempts,
         slot_overrides=overrides,
+        slot_fallback=slot_fallback,
     )
 
 
-def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tenant:
-    """A tenant's profile, dialog engine and booking backend, from its config."""
+def build_tenant(
+    tenant_id: str, cfg: TenantConfig, engine: AsyncEngine, assistant: Assistant | None = None
+) -> Tenant:
+    """A tenant's profile, dialog engine and booking backend, from its config (and its LLM, when it is on)."""
     profile = tenant_profile(tenant_id, cfg)
     calendar = LocalCalendar(
         engine,
@@ -75,7 +81,8 @@ def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tena
         cfg.booking.horizon_days,
         cache_seconds=cfg.booking.availability_cache_seconds,
     )
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar)
+    fallback = assistant if assistant is not None and assistant.llm.extract else None
+    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg, fallback), calendar, assistant)
 
 
 def database_url(settings: Settings) -> str:
@@ -126,10 +133,13 @@ class Runtime:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
-        """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
+    def add_tenant(self, tenant_id: str, cfg: TenantConfig, *, alias_of: str | None = None) -> Tenant:
+        """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant: an
+        alias shares its tenant's paraphrase cache, which holds nothing of a conversation)."""
+        profile = tenant_profile(tenant_id, cfg)
+        llm = build_assistant(profile, self.settings.llm, cfg.llm, self.redis, self.db, cache_of=alias_of)
         desk = HandoffDesk(self.redis, self.sessions, cfg.handoff.webhook_url)
-        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db), desk=desk)
+        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db, llm), desk=desk)
         self.tenants[tenant_id] = tenant
         return tenant
 
@@ -152,6 +162,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         self.voice.close()
+        await close_clients()
         await self.log.aclose()
         await redis_conn.close(self.redis)
         await self.db.dispose()

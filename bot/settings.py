@@ -175,6 +175,38 @@ class TenantVoice(Model):
     model: str | None = Field(default=None, description="this tenant's model (default: voice.model)")
 
 
+def _http_url(value: str | None) -> str | None:
+    if value and not re.fullmatch(r"https?://[^\s/]+\S*", value):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value or None
+
+
+HttpUrl = Annotated[str | None, AfterValidator(_http_url)]
+
+
+class BudgetConfig(Model):
+    """Token budgets (prompt + completion); unset: no limit of that kind. Days are in the tenant's timezone."""
+
+    daily_tokens: int | None = Field(default=None, ge=0)
+    monthly_tokens: int | None = Field(default=None, ge=0)
+    customer_daily_tokens: int | None = Field(default=None, ge=0, description="per conversation and day")
+    alert_webhook: HttpUrl = Field(default=None, description="POSTed at 80% and 100% of a budget")
+
+
+class LLMConfig(Model):
+    """The ``llm:`` block, global or per tenant; a tenant's keys override the global ones key by key
+    (``budget`` too). See :func:`bot.assist.wiring.effective_llm`."""
+
+    base_url: HttpUrl = None
+    api_key: str | None = None
+    model: str | None = Field(default=None, min_length=1)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=120)
+    paraphrase: bool | None = None
+    style: str | None = Field(default=None, max_length=500)
+    extract: bool | None = None
+    budget: BudgetConfig | None = None
+
+
 class TenantConfig(Model):
     name: str
     locale: Literal["en", "ru"] = "en"
@@ -190,6 +222,9 @@ class TenantConfig(Model):
     info: InfoConfig = Field(default_factory=InfoConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     voice: TenantVoice = Field(default_factory=TenantVoice)
+
+
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     staff_token: str | None = Field(
         default=None, min_length=16, description="enables /staff/<tenant>?token=...: the read-only bookings page"
     )
@@ -209,6 +244,7 @@ class Settings(Model):
     dead_letter_after_minutes: float = Field(
         default=10, gt=0, description="how long a message may keep failing before it is dead-lettered"
     )
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     tenants: dict[TenantId, TenantConfig] = Field(min_length=1)
 
     @field_validator("redis_url", "database_url", mode="before")

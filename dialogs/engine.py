@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from dialogs.extract import ExtractContext, extract_all, extract_phone
+from dialogs.fallback import fallback_slots
 from dialogs.flows.base import Rejection, SlotOverrides, Turn, override_problems
 from dialogs.flows.booking import HINTS
 from dialogs.flows.intents import IntentFlow
@@ -45,6 +46,9 @@ class Engine(IntentFlow):
         text = "" if pressed else message.text.strip()
         intents = self._intents(pressed, text)
         found = self._found(turn, pressed, text, message.phone)
+        if self.slot_fallback and text and not found and not intents:
+            ctx = self._extract_ctx(turn)
+            found = await fallback_slots(self.slot_fallback, ctx, session, text, tuple(self.slots))
         await self._dispatch(turn, intents, pressed, text, found)
         return turn.result()
 
@@ -95,9 +99,8 @@ class Engine(IntentFlow):
         name = pressed.removeprefix("intent:")
         return [name] if name in INTENTS and (name != pressed or name in ("yes", "no")) else []
 
-    def _found(self, turn: Turn, pressed: str | None, text: str, phone: str | None) -> dict[str, str]:
-        """Slot values in the message: extracted from the text, carried by a button or a shared contact."""
-        ctx = ExtractContext(
+    def _extract_ctx(self, turn: Turn) -> ExtractContext:
+        return ExtractContext(
             now=turn.ctx.now,
             tz=self._tz,
             locale=self.profile.locale,
@@ -105,6 +108,10 @@ class Engine(IntentFlow):
             default_region=self.profile.default_region,
             expecting=self._state(turn).slot,
         )
+
+    def _found(self, turn: Turn, pressed: str | None, text: str, phone: str | None) -> dict[str, str]:
+        """Slot values in the message: extracted from the text, carried by a button or a shared contact."""
+        ctx = self._extract_ctx(turn)
         found = extract_all(text, ctx) if text else {}
         if pressed:
             prefix, _, value = pressed.partition(":")

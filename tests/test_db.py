@@ -25,7 +25,10 @@ from bot.exceptions import StorageError
 from bot.messagelog import LoggedMessage, MessageLog
 from bot.tables import Conversation, Customer, Message
 
-TABLES = {"customers", "conversations", "messages", "bookings", "booking_cells", "calendar_grids", "alembic_version"}
+TABLES = {
+    "customers", "conversations", "messages", "bookings", "booking_cells", "calendar_grids", "llm_usage",
+    "alembic_version",
+}  # fmt: skip
 BOT_DIR = Path(db.__file__).resolve().parent
 HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 
