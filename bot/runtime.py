@@ -70,7 +70,26 @@ def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
 def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tenant:
     """A tenant's profile, dialog engine and booking backend, from its config."""
     profile = tenant_profile(tenant_id, cfg)
-    calendar = LocalCalendar(
+    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), build_calendar(tenant_id, cfg, engine))
+
+
+def build_calendar(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> BookingBackend:
+    if cfg.booking.backend == "calcom":
+        assert cfg.booking.calcom is not None, "check-config requires the calcom block"
+        from bot.booking.calcom import CalcomCalendar
+
+        return CalcomCalendar(
+            engine,
+            tenant_id,
+            ZoneInfo(cfg.timezone),
+            cfg.hours,
+            {s.id: s.minutes for s in cfg.services},
+            cfg.booking.calcom,
+            locale=cfg.locale,
+            horizon_days=cfg.booking.horizon_days,
+            cache_seconds=cfg.booking.availability_cache_seconds,
+        )
+    return LocalCalendar(
         engine,
         tenant_id,
         ZoneInfo(cfg.timezone),
@@ -80,7 +99,6 @@ def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tena
         cfg.booking.horizon_days,
         cache_seconds=cfg.booking.availability_cache_seconds,
     )
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar)
 
 
 def database_url(settings: Settings) -> str:
@@ -127,7 +145,9 @@ class Runtime:
 
     async def drop_tenant(self, tenant_id: str) -> None:
         """Forget a tenant and delete all its data: rows in every table and every Redis key (replay, bench)."""
-        self.tenants.pop(tenant_id, None)
+        tenant = self.tenants.pop(tenant_id, None)
+        if tenant is not None:
+            await tenant.calendar.aclose()
         await self.log.flush()
         async with self.db.begin() as conn:
             for table in tables.TENANT_TABLES:
@@ -136,6 +156,8 @@ class Runtime:
             await self.redis.delete(key)
 
     async def aclose(self) -> None:
+        for tenant in self.tenants.values():
+            await tenant.calendar.aclose()
         await self.log.aclose()
         await redis_conn.close(self.redis)
         await self.db.dispose()
