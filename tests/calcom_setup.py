@@ -8,9 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from doubles.calcom import CalcomDouble
+from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "cal_test_key"

@@ -67,6 +67,15 @@ class Refused(Exception):
         return web.json_response(body, status=self.status, headers=dict(headers))
 
 
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
 @dataclass
 class EventType:
     id: int
@@ -152,6 +161,7 @@ class CalcomDouble(Double):
         self.limit, self.window_s = limit, window_s
         self.now: Callable[[], datetime] = now or (lambda: datetime.now(UTC))
         self.bookings: dict[str, CalBooking] = {}
+        self.requests: list[Request] = []  # every request as sent (for the contract checks)
         self.busy: list[tuple[datetime, datetime]] = []
         self.rate_limited = 0  # 429s answered
         self.lose_next = 0  # make the next N creates succeed but answer 500 (a lost response)
@@ -168,6 +178,7 @@ class CalcomDouble(Double):
     def reset(self) -> None:
         super().reset()
         self.bookings.clear()
+        self.requests.clear()
         self.busy.clear()
         self._window.clear()
         self.rate_limited = self.lose_next = 0
@@ -257,6 +268,7 @@ class CalcomDouble(Double):
                 raw = None
             body = raw if isinstance(raw, dict) else {"__invalid__": True}
         call = self._record(request, f"{request.method} {request.path}", {**request.query, **body})
+        self.requests.append(Request(request.method, request.path, dict(request.query), dict(request.headers), body))
         headers: dict[str, str] = {}
         try:
             headers = self._authorize(request)
