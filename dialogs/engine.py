@@ -42,6 +42,7 @@ DATE_BUTTONS = 5
 SEARCH_DAYS = 14  # how far ahead free days are looked for
 SLOT_BUTTONS = {"svc": "service", "date": "date", "time": "time"}  # button value prefix -> slot
 HINTS = ("time_after", "time_before")  # "after 6" / "before noon": bounds for the offered times
+REMINDER_PREFIX = "remind:"  # buttons under a reminder: remind:<confirm|reschedule|cancel>:<booking id>
 HARD = frozenset({"human", "restart", "cancel_booking", "reschedule", "my_booking", "stop"})
 SOFT = frozenset({"help", "greeting"})  # answered only when the message carries nothing else
 
@@ -157,6 +158,9 @@ class Engine:
             return self._unheard(session)
         turn = self._turn(session, now, calendar)
         pressed = self._pressed(session, message)
+        if pressed and pressed.startswith(REMINDER_PREFIX):
+            await self._reminder_button(turn, pressed)
+            return turn.result()
         text = "" if pressed else message.text.strip()
         intent = self._intent(pressed, text)
         found = self._found(turn, pressed, text, message.phone)
@@ -185,6 +189,37 @@ class Engine:
             key = "book_failed" if flow == "booking" else "effect_failed"
             self._say(turn, self._reply(key, self._facts(turn), self._yes_no))
         return turn.result()
+
+    def booking_facts(self, booking: BookingView) -> dict[str, str]:
+        """The facts a text about ``booking`` shows (service label, date, time, business), in the locale."""
+        start = booking.start.astimezone(self._tz)
+        service = self.profile.service(booking.service)
+        label = service.label if service else booking.service
+        day = self._date(start.date().isoformat())
+        return {"business": self.profile.name, "service": label, "date": day, "time": f"{start:%H:%M}"}
+
+    def reminder_buttons(self, booking_id: str) -> tuple[Button, ...]:
+        """Confirm / reschedule / cancel under a reminder; they work whatever the dialog is doing then."""
+        actions = (("confirm", "button_confirm"), ("reschedule", "button_reschedule_it"), ("cancel", "button_cancel_it"))
+        return tuple(self._button(key, f"{REMINDER_PREFIX}{action}:{booking_id}") for action, key in actions)
+
+    async def _reminder_button(self, turn: _Turn, pressed: str) -> None:
+        action, _, booking_id = pressed.removeprefix(REMINDER_PREFIX).partition(":")
+        bookings = await turn.ctx.calendar.customer_bookings(turn.session.customer)
+        booking = next((b for b in bookings if b.id == booking_id), None)
+        flow = "cancel" if action == "cancel" else "reschedule"
+        if booking is None:
+            if action != "confirm":
+                self._reset(turn.session)
+                self._go(turn, f"{flow}_none")
+            self._say(turn, self._reply("not_found", {}, self._book))
+        elif action == "confirm":
+            self._say(turn, self._reply("reminder_confirmed", self.booking_facts(booking)))
+        else:
+            self._reset(turn.session)
+            self._choose(turn, booking, flow)
+            self._go(turn, f"{flow}_one")
+            await self._enter_flow(turn, flow, {})
 
     # --- reading the message -----------------------------------------------------------------------------
 
@@ -608,12 +643,7 @@ class Engine:
             await self._reprompt(turn)
 
     def _booking_line(self, booking: BookingView) -> str:
-        start = booking.start.astimezone(self._tz)
-        service = self.profile.service(booking.service)
-        label = service.label if service else booking.service
-        return self.text(
-            "booking_line", service=label, date=self._date(start.date().isoformat()), time=f"{start:%H:%M}"
-        )
+        return self.text("booking_line", **self.booking_facts(booking))
 
     # --- re-asking -----------------------------------------------------------------------------------------
 
