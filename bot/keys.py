@@ -104,6 +104,11 @@ JOB_QUEUE: str = default_queue_name
 """arq's default queue (a sorted set of job ids scored by run time in ms)."""
 
 
+def reminders(tenant: str) -> str:
+    """A tenant's scheduled reminders (a sorted set: ``<booking id>|<start>|<offset>`` scored by when it is due)."""
+    return f"{PREFIX}:{tenant}:reminders"
+
+
 def scratch(tenant: str, name: str) -> str:
     """A free-form key for tests and tools (order checks, benchmarks); never used by the running bot."""
     return f"{PREFIX}:{tenant}:scratch:{name}"

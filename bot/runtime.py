@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -23,6 +24,7 @@ from bot.booking.local import LocalCalendar
 from bot.exceptions import ConfigError
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
+from bot.reminders import Reminders, Reminding
 from bot.sessions import SessionStore
 from bot.settings import Settings, TenantConfig
 from dialogs.engine import Engine
@@ -67,10 +69,14 @@ def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
     )
 
 
-def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tenant:
-    """A tenant's profile, dialog engine and booking backend, from its config."""
+def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine, reminders: Reminders | None = None) -> Tenant:
+    """A tenant's profile, dialog engine and booking backend, from its config (with its reminders, if any)."""
     profile = tenant_profile(tenant_id, cfg)
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), build_calendar(tenant_id, cfg, engine))
+    calendar = build_calendar(tenant_id, cfg, engine)
+    offsets = cfg.reminders.offsets()
+    if reminders is not None and offsets:
+        calendar = Reminding(calendar, reminders, offsets, lambda: datetime.now(UTC))
+    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar)
 
 
 def build_calendar(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> BookingBackend:
@@ -115,6 +121,7 @@ class Runtime:
         self.log = log
         self.sessions = SessionStore(redis, ttl_seconds=settings.session_ttl_days * 86400)
         self.inbox = Inbox(redis)
+        self.reminders = Reminders(redis)
         self.tenants: dict[str, Tenant] = {}
         for tenant_id, cfg in settings.tenants.items():
             self.add_tenant(tenant_id, cfg)
@@ -132,7 +139,7 @@ class Runtime:
 
     def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
         """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
-        tenant = build_tenant(tenant_id, cfg, self.db)
+        tenant = build_tenant(tenant_id, cfg, self.db, self.reminders)
         self.tenants[tenant_id] = tenant
         return tenant
 
