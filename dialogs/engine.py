@@ -200,8 +200,8 @@ class Engine:
 
     def reminder_buttons(self, booking_id: str) -> tuple[Button, ...]:
         """Confirm / reschedule / cancel under a reminder; they work whatever the dialog is doing then."""
-        actions = (("confirm", "button_confirm"), ("reschedule", "button_reschedule_it"), ("cancel", "button_cancel_it"))
-        return tuple(self._button(key, f"{REMINDER_PREFIX}{action}:{booking_id}") for action, key in actions)
+        actions = ("confirm", "confirm"), ("reschedule", "reschedule_it"), ("cancel", "cancel_it")
+        return tuple(self._button(f"button_{key}", f"{REMINDER_PREFIX}{act}:{booking_id}") for act, key in actions)
 
     async def _reminder_button(self, turn: _Turn, pressed: str) -> None:
         action, _, booking_id = pressed.removeprefix(REMINDER_PREFIX).partition(":")

@@ -16,8 +16,11 @@ from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import pytest
-from _stack import A, ROOT, channels, fixture, serve_app
+from _stack import ROOT, A, channels, fixture, serve_app
 from calcom_setup import API_KEY, EVENT_TYPES, WEBHOOK_SECRET, demo_double
+from doubles.calcom import CalcomDouble
+from doubles.telegram import TelegramDouble
+from doubles.whatsapp import WhatsAppDouble
 
 from bot.booking.base import Booking, BookRequest
 from bot.config import load_config
@@ -28,9 +31,6 @@ from bot.sender import Sender
 from bot.server import create_app
 from bot.settings import BookingConfig, CalcomConfig, RemindersConfig, WhatsAppTemplateConfig
 from bot.worker import Services
-from doubles.calcom import CalcomDouble
-from doubles.telegram import TelegramDouble
-from doubles.whatsapp import WhatsAppDouble
 
 LONDON = ZoneInfo("Europe/London")
 _ids = itertools.count(1)
@@ -86,7 +86,7 @@ class CalStack:
         query = update["callback_query"]
         query["id"], query["data"] = uuid4().hex, button["callback_data"]
         query["from"]["id"] = query["message"]["chat"]["id"] = user
-        query["message"]["message_id"], query["message"]["reply_markup"] = message["message_id"], message["reply_markup"]
+        query["message"].update(message_id=message["message_id"], reply_markup=message["reply_markup"])
         return await self._deliver(user, update)
 
     async def say(self, user: int, text: str) -> list[dict[str, Any]]:
@@ -249,8 +249,8 @@ async def test_calcom_webhooks_update_the_record_reminders_and_tell_the_customer
     assert len(s.to(user)) == 2 and "cancelled" in s.to(user)[-1]["text"]
     assert await calendar.active_bookings() == [] and await s.runtime.reminders.scheduled(s.tenant) == []
 
-    made = s.calcom.create_in_ui(EVENT_TYPES["manicure"], at(day, 11),
-                                 {"name": "John", "email": "j@example.com", "phoneNumber": "+447700900999"})  # fmt: skip
+    attendee = {"name": "John", "email": "j@example.com", "phoneNumber": "+447700900999"}
+    made = s.calcom.create_in_ui(EVENT_TYPES["manicure"], at(day, 11), attendee)
     stranger = s.calcom.create_in_ui(EVENT_TYPES["manicure"], at(day, 13), {"name": "X", "email": "x@example.com"})
     assert await s.emit(s.calcom.webhook_body("BOOKING_CREATED", made)) == 200
     assert await s.emit(s.calcom.webhook_body("BOOKING_CREATED", stranger)) == 200
