@@ -47,6 +47,7 @@ from dialogs.ports import BookingView
 if TYPE_CHECKING:
     from bot.runtime import Runtime
     from bot.sender import Sender
+    from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,26 @@ class Reminding:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def listing(settings: Settings, tenant_id: str) -> int:
+    """``bookingbot reminders --tenant T``: one line per scheduled reminder, by when it is due."""
+    from bot.runtime import Runtime
+
+    runtime = await Runtime.start(settings)
+    try:
+        tenant = runtime.tenant(tenant_id)
+        scheduled = await runtime.reminders.scheduled(tenant_id)
+        for reminder in scheduled:
+            booking = await tenant.calendar.by_id(reminder.booking_id)
+            who = f"{booking.customer} {booking.service}" if booking else "(booking gone: stale)"
+            due, start = (f"{m.astimezone(tenant.profile.tz):%Y-%m-%d %H:%M}" for m in (reminder.due, reminder.start))
+            before = f"{reminder.offset // 60}h{reminder.offset % 60:02d}"
+            print(f"{due}  {before} before {start}  {reminder.booking_id}  {who}")
+        print(f"{len(scheduled)} reminders scheduled for {tenant_id}")
+    finally:
+        await runtime.aclose()
+    return 0
 
 
 async def remind(ctx: dict[str, Any], tenant: str, key: str) -> None:

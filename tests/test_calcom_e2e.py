@@ -25,7 +25,7 @@ from doubles.whatsapp import WhatsAppDouble
 from bot.booking.base import Booking, BookRequest
 from bot.config import load_config
 from bot.ingest import InProcess
-from bot.reminders import fire
+from bot.reminders import fire, listing
 from bot.runtime import Runtime
 from bot.sender import Sender
 from bot.server import create_app
@@ -195,13 +195,17 @@ async def test_reminders_are_sent_once_and_their_buttons_work(s: CalStack) -> No
     assert s.calcom.accepted() == [] and await s.runtime.reminders.scheduled(s.tenant) == []
 
 
-async def test_reminder_already_due_when_booked_is_skipped(s: CalStack) -> None:
+async def test_reminder_already_due_when_booked_is_skipped(s: CalStack, capsys: pytest.CaptureFixture[str]) -> None:
     start = at(workday(3), 16)
     booking = await s.book(f"telegram:{user_id()}", start)
     await s.runtime.reminders.drop(s.tenant, booking.id)
     made = await s.runtime.reminders.schedule(booking, [24 * 60, 2 * 60], now=start - timedelta(hours=3))
     assert [r.offset for r in made] == [120]
     assert [r.offset for r in await s.runtime.reminders.scheduled(s.tenant)] == [120]
+    assert await listing(s.runtime.settings, s.tenant) == 0  # `bookingbot reminders --tenant T`
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{start - timedelta(hours=2):%Y-%m-%d %H:%M}  2h00 before {start:%Y-%m-%d %H:%M}")
+    assert booking.id in printed[0] and "haircut" in printed[0] and printed[-1].startswith("1 reminders")
     claimed = await s.runtime.reminders.claim_due(s.tenant, start - timedelta(minutes=119))  # the embedded loop
     assert [r.offset for r in claimed] == [120]
     assert await s.runtime.reminders.claim_due(s.tenant, start - timedelta(minutes=119)) == []  # leased
