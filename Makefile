@@ -49,3 +49,7 @@ clean:
 # The terminal channel on the same embedded runtime.
 chat: install
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot chat --tenant demo
+
+.PHONY: bench-calcom
+bench-calcom: install  # 100 customers booking at once through the pipeline against the cal.com double
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.calcom
