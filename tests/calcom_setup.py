@@ -39,14 +39,15 @@ def calcom_env(env: dict[str, str] | None = None) -> dict[str, str]:
             "TEST_CALCOM_WEBHOOK_SECRET": WEBHOOK_SECRET}  # fmt: skip
 
 
-def write_config(path: Path, api_base: str, *, tenants: tuple[str, ...] = ("demo",), **reminders: Any) -> Path:
-    """The shipped config.yaml with ``tenants`` switched to cal.com at ``api_base``."""
+def write_config(path: Path, api_base: str | dict[str, str], **reminders: Any) -> Path:
+    """The shipped config.yaml with ``demo`` (or each tenant of an ``api_base`` mapping) on cal.com there."""
     yaml = YAML()
     data = yaml.load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-    for tenant in tenants:
+    bases = api_base if isinstance(api_base, dict) else {"demo": api_base}
+    for tenant, base in bases.items():
         cfg = data["tenants"][tenant]
         cfg["booking"]["backend"] = "calcom"
-        cfg["booking"]["calcom"] = calcom_block(api_base)
+        cfg["booking"]["calcom"] = calcom_block(base)
         if reminders:
             cfg["reminders"] = reminders
     with path.open("w", encoding="utf-8") as out:
