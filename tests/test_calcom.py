@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
@@ -135,6 +136,15 @@ async def test_create_that_failed_is_retried_after_looking(cal: CalcomCalendar, 
     assert creates(double) == 2 and len(double.calls_to("GET /v2/bookings")) == 1
 
 
+async def test_time_taken_by_our_own_lost_create_is_ours(cal: CalcomCalendar, double: CalcomDouble) -> None:
+    earlier = double.create_in_ui(EVENT_TYPES["haircut"], at(24, 17),
+                                  {"name": "John", "email": "telegram-42@no-email.invalid"},
+                                  {"tenant": cal.tenant, "conversation": "telegram:42", "key": "k1"})  # fmt: skip
+    booking = await cal.book(request(at(24, 17)))
+    assert booking.id == earlier.uid and [b.uid for b in double.accepted()] == [earlier.uid]
+    assert [b.id for b in await cal.active_bookings()] == [earlier.uid]
+
+
 async def test_calcom_down_raises_backend_unavailable(cal: CalcomCalendar, double: CalcomDouble) -> None:
     double.fail_next(50, status=502)
     with pytest.raises(BackendUnavailable):
@@ -241,3 +251,37 @@ async def test_a_client_without_the_version_header_would_break_loudly(double: Ca
 
 def test_now_is_a_monday() -> None:
     assert NOW.weekday() == 0 and NOW + timedelta(days=1) == datetime(2026, 11, 24, 9, tzinfo=UTC)
+
+
+async def test_calcom_down_tells_the_customer_and_keeps_the_choice(
+    double: CalcomDouble, services_env: dict[str, str], tmp_path: Path
+) -> None:
+    from calcom_setup import calcom_env, write_config
+
+    from bot.config import load_config
+    from bot.pipeline import Pipeline
+    from bot.runtime import Runtime
+    from channels.base import InboundMessage
+
+    config = load_config(write_config(tmp_path / "c.yaml", double.url), env=calcom_env(services_env))
+    runtime = await Runtime.start(config)
+    tenant = runtime.add_tenant(f"down-{uuid4().hex[:8]}", runtime.tenant("demo").config)
+    pipeline = Pipeline(runtime)
+
+    async def say(n: int, text: str) -> list[str]:
+        msg = InboundMessage(tenant=tenant.id, channel="telegram", user_id="7", event_id=f"e{n}", text=text)
+        return [r.key for r in (await pipeline.handle(msg, NOW)).replies]
+
+    try:
+        await say(1, "haircut tomorrow at 5pm, I'm John")
+        await say(2, "+447700900123")
+        double.fail_next(100, status=503)
+        assert await say(3, "yes") == ["book_failed"]
+        session = await runtime.sessions.load(tenant.id, "telegram:7")
+        assert session is not None and session.slots["time"] == "17:00" and session.slots["name"] == "John"
+        double.reset()
+        assert await say(4, "yes") == ["booked"]
+        assert [b.start for b in double.accepted()] == [at(24, 17)]
+    finally:
+        await runtime.drop_tenant(tenant.id)
+        await runtime.aclose()

@@ -13,7 +13,8 @@ What cal.com decides and what we keep
 Never a duplicate booking
     A create whose answer was lost (timeout, 5xx) may have been made. Before any retry, it is looked for by
     its metadata ``key`` among the attendee's bookings of that event type around that start; only if none is
-    found is it sent again. A redelivered message finds the booking in our record first.
+    found is it sent again. A create refused as taken is looked for the same way (an earlier create of ours
+    whose answer was lost may hold the time). A redelivered message finds the booking in our record first.
 
 Rate limit and failures
     cal.com allows 120 requests a minute per key. When a response says none are left, calls wait for the
@@ -324,7 +325,9 @@ class CalcomCalendar:
                 data = await self.client.call("POST", "/v2/bookings", BOOKINGS_VERSION, body=body, retry=False)
             except SlotTaken:
                 self._windows.clear()
-                raise
+                data = await self._reconcile(request, event_type, body)  # taken by our own lost create?
+                if data is None:
+                    raise
             except BackendUnavailable as exc:
                 if not exc.transient:
                     raise

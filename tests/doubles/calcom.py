@@ -191,9 +191,12 @@ class CalcomDouble(Double):
     def block(self, start: datetime, minutes: int) -> None:
         self.busy.append((start.astimezone(UTC), start.astimezone(UTC) + timedelta(minutes=minutes)))
 
-    def create_in_ui(self, event_type: int, start: datetime, attendee: dict[str, Any]) -> CalBooking:
-        booking = self._new(event_type, start.astimezone(UTC), {"timeZone": "UTC", "language": "en", **attendee}, {})
-        return booking
+    def create_in_ui(
+        self, event_type: int, start: datetime, attendee: dict[str, Any], metadata: dict[str, str] | None = None
+    ) -> CalBooking:
+        """A booking made in cal.com itself (or, with ``metadata``, one whose API answer never arrived)."""
+        full = {"timeZone": "UTC", "language": "en", **attendee}
+        return self._new(event_type, start.astimezone(UTC), full, dict(metadata or {}))
 
     def cancel_in_ui(self, uid: str, reason: str = "cancelled by the salon") -> CalBooking:
         booking = self.bookings[uid]
