@@ -24,6 +24,7 @@ SEND_RETRIES = Counter("bookingbot_send_retries_total", "Send attempts that were
 RATE_WAIT_SECONDS = Counter(
     "bookingbot_send_rate_wait_seconds_total", "Time sends waited for a rate limit", ["channel"]
 )
+WORKER_POLL_ERRORS = Counter("bookingbot_worker_poll_errors_total", "Worker queue polls that failed (Redis down)")
 
 
 def exposition() -> tuple[bytes, str]:

@@ -291,8 +291,5 @@ async def listing(settings: Settings, tenant_id: str) -> int:
 
 async def remind(ctx: dict[str, Any], tenant: str, key: str) -> None:
     """The arq job: fire one reminder at its time (scheduled by :meth:`Reminders.schedule`)."""
-    from bot.sender import Sender
-
     services = ctx["services"]
-    sender = Sender(services.runtime.redis, services.channels.outlet)
-    await fire(services.runtime, sender, Reminder.parse(tenant, key), datetime.now(UTC))
+    await fire(services.runtime, services.drainer.sender, Reminder.parse(tenant, key), datetime.now(UTC))

@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.booking.base import Booking, BookRequest
 from bot.exceptions import BackendUnavailable, BookingError, BookingNotFound, RateLimited, SlotTaken
-from bot.sender import backoff
+from bot.retry import Backoff
 from bot.settings import WEEKDAYS, CalcomConfig
 from bot.tables import BOOKINGS
 from dialogs.ports import BookingView
@@ -193,7 +193,7 @@ class CalcomClient:
 
     async def pause(self, failures: int) -> None:
         """Back off (full jitter) before the retry that follows ``failures`` failures."""
-        await self._sleep(backoff(failures, self.policy.base_delay, self.policy.max_delay))
+        await self._sleep(Backoff(self.policy.base_delay, self.policy.max_delay).delay(failures - 1))
 
     async def _pace(self) -> float:
         delay = self._resume_at - time.monotonic()

@@ -171,7 +171,7 @@ class CalcomDouble(Double):
         router.add_get("/v2/slots", self._slots)
         router.add_post("/v2/bookings", self._create)
         router.add_get("/v2/bookings", self._list)
-        router.add_get("/v2/bookings/{uid}", self._get)
+        router.add_get("/v2/bookings/{uid}", self._get_booking)
         router.add_post("/v2/bookings/{uid}/cancel", self._cancel)
         router.add_post("/v2/bookings/{uid}/reschedule", self._reschedule)
 
@@ -251,7 +251,7 @@ class CalcomDouble(Double):
     async def _list(self, request: web.Request) -> web.Response:
         return await self._serve(request, "bookings", self._list_answer)
 
-    async def _get(self, request: web.Request) -> web.Response:
+    async def _get_booking(self, request: web.Request) -> web.Response:
         return await self._serve(request, "bookings", self._get_answer)
 
     async def _cancel(self, request: web.Request) -> web.Response:
