@@ -262,3 +262,20 @@ async def test_calcom_webhooks_update_the_record_reminders_and_tell_the_customer
     assert (linked.id, linked.customer, linked.service) == (made.uid, conversation, "manicure")
     assert [v.id for v in await calendar.customer_bookings(conversation)] == [made.uid]
     assert {r.booking_id for r in await s.runtime.reminders.scheduled(s.tenant)} == {made.uid}
+
+
+async def test_embedded_loop_fires_due_reminders(s: CalStack) -> None:
+    user = user_id()
+    start = at(workday(5), 13)
+    booking = await s.book(f"telegram:{user}", start)
+    later = start - timedelta(minutes=30)  # both reminders are due by then
+    loop = asyncio.create_task(s.runtime.reminders.loop(s.runtime, s.sender, every_s=0.05, clock=lambda: later))
+    try:
+        for _ in range(600):  # up to 30 s on a loaded machine
+            if len(s.to(user)) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        loop.cancel()
+    assert all(booking.id in str(m["reply_markup"]) for m in s.to(user))
+    assert await s.runtime.reminders.scheduled(s.tenant) == []

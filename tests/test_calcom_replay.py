@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from calcom_setup import API_KEY, EVENT_TYPES, MINUTES, calcom_env, write_config
+from contract import problems
 from doubles.calcom import CalcomDouble
 from test_replay import FIXTURES
 
@@ -28,10 +29,18 @@ class Doubles:
 
     async def setup(self, fixture: Fixture, tenant: Tenant) -> None:
         double = self.by_tenant[fixture.tenant]
+        self.check_contract(double)
         double.reset()
         double.now = lambda: fixture.now
         for busy in fixture.calendar.busy:
             double.block(local_time(busy.start, tenant), busy.minutes)
+
+
+    @staticmethod
+    def check_contract(double: CalcomDouble) -> None:
+        """Every request the previous fixture sent follows the published spec."""
+        wrong = [p for r in double.requests for p in problems(r.method, r.path, r.query, r.headers, r.body or None)]
+        assert wrong == [], wrong
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +50,7 @@ async def doubles() -> AsyncIterator[Doubles]:
         await double.start()
     yield d
     for double in d.by_tenant.values():
+        d.check_contract(double)
         await double.stop()
 
 
