@@ -6,7 +6,7 @@ All keys start with ``bb:{tenant}:`` so tenants never share a key, and a whole t
 
 from __future__ import annotations
 
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import default_queue_name, health_check_key_suffix, job_key_prefix
 
 PREFIX = "bb"
 TURN_TTL_S = 7 * 86400
@@ -109,6 +109,12 @@ JOB_QUEUE: str = default_queue_name
 def reminders(tenant: str) -> str:
     """A tenant's scheduled reminders (a sorted set: ``<booking id>|<start>|<offset>`` scored by when it is due)."""
     return f"{PREFIX}:{tenant}:reminders"
+
+
+def worker_heartbeat(queue: str) -> str:
+    """A running worker's heartbeat (arq's health-check key: refreshed by its poll loop with an expiry, deleted
+    when it stops); ``bookingbot worker --check`` reads it. Per queue, not per tenant: a worker serves all."""
+    return queue + health_check_key_suffix
 
 
 def scratch(tenant: str, name: str) -> str:

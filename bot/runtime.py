@@ -8,13 +8,17 @@ configured tenant (its dialog engine, built once, and its booking backend).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import delete
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import db, keys, tables
@@ -24,13 +28,17 @@ from bot.booking.local import LocalCalendar
 from bot.exceptions import ConfigError
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
+from bot.profile import tenant_profile
 from bot.reminders import Reminders, Reminding
+from bot.retry import Backoff
 from bot.sessions import SessionStore
 from bot.settings import Settings, TenantConfig
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
-from dialogs.ports import ServiceInfo, TenantProfile
+from dialogs.ports import TenantProfile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,23 +48,6 @@ class Tenant:
     profile: TenantProfile
     engine: Engine
     calendar: BookingBackend
-
-
-def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
-    services = tuple(
-        ServiceInfo(id=s.id, label=s.label, minutes=s.minutes, synonyms=tuple(s.synonyms)) for s in cfg.services
-    )
-    return TenantProfile(
-        id=tenant_id,
-        name=cfg.name,
-        locale=cfg.locale,
-        timezone=cfg.timezone,
-        services=services,
-        default_region=cfg.phone_region,
-        template=cfg.dialog.template,
-        texts=cfg.dialog.texts,
-        horizon_days=cfg.booking.horizon_days,
-    )
 
 
 def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
@@ -132,10 +123,28 @@ class Runtime:
         url = database_url(settings)
         await db.migrate(url)
         engine = db.make_engine(url)
-        redis = await redis_conn.connect(settings.redis_url, settings.data_dir)
-        log = MessageLog(engine)
-        await log.start()
-        return cls(settings, redis, engine, log)
+        try:
+            redis = await redis_conn.connect(settings.redis_url, settings.data_dir)
+        except BaseException:
+            await engine.dispose()
+            raise
+        messages = MessageLog(engine)
+        await messages.start()
+        return cls(settings, redis, engine, messages)
+
+    @classmethod
+    async def start_when_reachable(cls, settings: Settings) -> Runtime:
+        """:meth:`start`, waiting with backoff (and saying so) while Redis or the database cannot be reached:
+        a server or worker started before its storage, or during an outage, comes up when the storage does."""
+        waits = Backoff(base=0.5, cap=10.0, floor=0.5)
+        for attempt in itertools.count():
+            try:
+                return await cls.start(settings)
+            except (RedisError, OSError, SQLAlchemyError) as exc:
+                delay = waits.delay(attempt)
+                log.error("storage unreachable (%r); trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
         """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""

@@ -54,6 +54,7 @@ from bot import keys, metrics, reminders
 from bot.booking import calcom_webhooks
 from bot.channelset import ChannelSet
 from bot.exceptions import ChannelNotConfigured, ConfigError, DeliveryFailed, StorageError
+from bot.heartbeat import HEARTBEAT_S
 from bot.ingest import (
     DRAIN_JOB,
     ArqQueue,
@@ -306,7 +307,7 @@ class ResilientWorker(Worker):
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
-    runtime = await Runtime.start(ctx["settings"])
+    runtime = await Runtime.start_when_reachable(ctx["settings"])
     ctx["services"] = Services.build(runtime, in_process=False, queue_name=ctx["queue_name"])
     freeze_startup_objects()  # the runtime and tenants just built are as long-lived as the imports
 
@@ -336,6 +337,8 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         "job_serializer": dumps_job,
         "job_deserializer": loads_job,
         "keep_result": 0,
+        "health_check_interval": HEARTBEAT_S,  # see bot/heartbeat.py
+        "health_check_key": keys.worker_heartbeat(queue_name),
         "max_jobs": 100,
         "poll_delay": 0.02,  # arq polls its queue; its default 0.5 s put the reply p50 at ~360 ms (bench/webhooks.py)
     }
@@ -369,7 +372,7 @@ async def run_worker(settings: Settings) -> int:
         except (RedisError, OSError, StorageError, SQLAlchemyError) as exc:
             delay = starts.delay(failures)
             failures += 1
-            log.error("worker could not start or lost its storage (%r); trying again in %.1f s", exc, delay)
+            log.error("storage unreachable (%r); the worker starts again in %.1f s", exc, delay)
         finally:
             await _close_quietly(worker)
         await asyncio.sleep(delay)

@@ -5,13 +5,17 @@ every booking was made once and every inbound message was logged once."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
 
-from bench.faults import Outcome, scenario
-from bench.procstack import booking_turns
+from bench.faults import Outcome, OwnRedis, scenario
+from bench.procstack import HEALTH_KEY, Bot, Process, booking_turns, write_config
 from bot import keys
+from bot import redis as redis_conn
 from bot.config import load_config
 from bot.pipeline import Pipeline
 from bot.runtime import Runtime
@@ -64,3 +68,34 @@ async def test_a_redelivery_after_redis_lost_recent_writes_does_not_book_twice(s
     finally:
         await runtime.drop_tenant(tenant)
         await runtime.aclose()
+
+
+async def test_a_worker_started_before_redis_waits_for_it_and_then_works(
+    services_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No Redis at start-up: the worker neither exits nor spins; it starts polling once Redis is there."""
+    redis = OwnRedis(tmp_path)  # not started yet: its port is free
+    config = tmp_path / "config.yaml"
+    bot = Bot(f"crash-{uuid4().hex[:8]}", "920001:wait", "secret")
+    settings = write_config(services_env | {"REDIS_URL": redis.url}, [bot], "http://127.0.0.1:9", config)
+    argv = [sys.executable, "-m", "bot", "worker", "--config", str(config)]
+    worker = await Process.start("worker", argv, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 120  # generous: arq itself tries 5 times, a second apart, first
+        while "storage unreachable" not in (tmp_path / "worker.log").read_text(errors="replace"):
+            worker.check_alive()
+            assert time.monotonic() < deadline, "the worker never said it is waiting for Redis"
+            await asyncio.sleep(0.2)
+        await redis.start()
+        client = await redis_conn.connect(redis.url, str(tmp_path))
+        try:
+            while not await client.exists(HEALTH_KEY):  # arq's key, set at the worker's first poll
+                worker.check_alive()
+                assert time.monotonic() < deadline + 60, "the worker did not start polling"
+                await asyncio.sleep(0.2)
+        finally:
+            await redis_conn.close(client)
+        assert settings.redis_url == redis.url
+    finally:
+        await worker.stop()
+        await redis.kill()

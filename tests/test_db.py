@@ -14,6 +14,7 @@ from typing import Literal
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, delete, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,7 @@ from bot.tables import Conversation, Customer, Message
 
 TABLES = {"customers", "conversations", "messages", "bookings", "booking_cells", "calendar_grids", "alembic_version"}
 BOT_DIR = Path(db.__file__).resolve().parent
+HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 
 
 @pytest.mark.parametrize(
@@ -87,7 +89,7 @@ async def _tables(url: str) -> tuple[set[str], str | None]:
 async def test_postgres_migrations_are_idempotent_and_concurrent(scratch_pg_url: str) -> None:
     await asyncio.gather(*(db.migrate(scratch_pg_url) for _ in range(3)))  # advisory lock: one at a time
     await db.migrate(scratch_pg_url)
-    assert await _tables(scratch_pg_url) == (TABLES, "0001")
+    assert await _tables(scratch_pg_url) == (TABLES, HEAD)
 
 
 async def test_postgres_downgrade_and_upgrade_again(scratch_pg_url: str) -> None:
@@ -102,14 +104,14 @@ async def test_postgres_downgrade_and_upgrade_again(scratch_pg_url: str) -> None
     await engine.dispose()
     assert (await _tables(scratch_pg_url))[0] == {"alembic_version"}
     await db.migrate(scratch_pg_url)
-    assert await _tables(scratch_pg_url) == (TABLES, "0001")
+    assert await _tables(scratch_pg_url) == (TABLES, HEAD)
 
 
 async def test_sqlite_migrations_and_pragmas(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nested' / 'bookingbot.db'}"  # the directory is created on demand
     await db.migrate(url)
     await db.migrate(url)
-    assert await _tables(url) == (TABLES, "0001")
+    assert await _tables(url) == (TABLES, HEAD)
     engine = db.make_engine(url)
     async with engine.connect() as conn:
         assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
@@ -131,7 +133,7 @@ def test_alembic_by_hand_from_any_directory(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert asyncio.run(_tables(f"sqlite:///{target}")) == (TABLES, "0001")
+    assert asyncio.run(_tables(f"sqlite:///{target}")) == (TABLES, HEAD)
 
 
 async def test_times_come_back_aware_utc(sqlite_engine: AsyncEngine) -> None:
@@ -182,7 +184,7 @@ async def _count(engine: AsyncEngine, tenant: str) -> int:
 async def test_log_round_trip_in_order(pg_engine: AsyncEngine, tenant: str) -> None:
     log = MessageLog(pg_engine)
     rows = [message(tenant, n, direction="in" if n % 2 else "out") for n in range(5)]
-    rows.append(LoggedMessage(**{**rows[0].model_dump(), "button": "slot:17:00", "phone": "+447700900123"}))
+    rows.append(LoggedMessage(**{**rows[0].model_dump(), "seq": 1, "button": "slot:17:00", "phone": "+447700900123"}))
     for row in rows:
         log.add(row)
     log.add(message(tenant, 99, conversation="telegram:other"))
