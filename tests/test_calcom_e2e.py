@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -256,7 +257,9 @@ async def test_calcom_webhooks_update_the_record_reminders_and_tell_the_customer
     attendee = {"name": "John", "email": "j@example.com", "phoneNumber": "+447700900999"}
     made = s.calcom.create_in_ui(EVENT_TYPES["manicure"], at(day, 11), attendee)
     stranger = s.calcom.create_in_ui(EVENT_TYPES["manicure"], at(day, 13), {"name": "X", "email": "x@example.com"})
-    assert await s.emit(s.calcom.webhook_body("BOOKING_CREATED", made)) == 200
+    padded = json.loads(s.calcom.webhook_body("BOOKING_CREATED", made))
+    padded["payload"]["description"] = "x" * 20_000  # real payloads carry much we do not read
+    assert await s.emit(json.dumps(padded).encode()) == 200
     assert await s.emit(s.calcom.webhook_body("BOOKING_CREATED", stranger)) == 200
     [linked] = await calendar.active_bookings()
     assert (linked.id, linked.customer, linked.service) == (made.uid, conversation, "manicure")

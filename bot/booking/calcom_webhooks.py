@@ -97,7 +97,7 @@ def parse(tenant: str, body: bytes) -> InboundMessage | None:
         channel=CHANNEL,
         user_id=USER,
         event_id=f"{event.triggerEvent}:{event.payload.uid}",
-        text=body.decode(),
+        text=event.model_dump_json(),  # only what handle() reads: a message's text is cut at MAX_TEXT
     )
 
 
