@@ -74,3 +74,7 @@ chat: $(VENV)/.demo-installed
 .PHONY: bench-voice
 bench-voice: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.voice
+
+.PHONY: bench-calcom
+bench-calcom: install  # 100 customers booking at once through the pipeline against the cal.com double
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.calcom

@@ -106,6 +106,12 @@ async def cmd_chat(args: argparse.Namespace) -> int:
     )
 
 
+async def cmd_reminders(args: argparse.Namespace) -> int:
+    from bot.reminders import listing
+
+    return await listing(_settings(args), args.tenant)
+
+
 async def cmd_replay(args: argparse.Namespace) -> int:
     from bot.replay import Replayer, update_fixture
     from bot.runtime import Runtime
@@ -306,6 +312,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", default="terminal", choices=["terminal", "telegram", "whatsapp", "vk", "web"])
     p.add_argument("--user", help="continue this user's conversation (default: a new one)")
     p.add_argument("--now", help="freeze the clock at this ISO time with offset")
+    p = command("reminders", cmd_reminders, "list a tenant's scheduled reminders")
+    p.add_argument("--tenant", required=True)
     p = command("replay", cmd_replay, "run conversation fixtures")
     p.add_argument("paths", nargs="+")
     p.add_argument("--update", action="store_true", help="rewrite expectations from current behaviour")

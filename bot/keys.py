@@ -111,6 +111,11 @@ JOB_QUEUE: str = default_queue_name
 """arq's default queue (a sorted set of job ids scored by run time in ms)."""
 
 
+def reminders(tenant: str) -> str:
+    """A tenant's scheduled reminders (a sorted set: ``<booking id>|<start>|<offset>`` scored by when it is due)."""
+    return f"{PREFIX}:{tenant}:reminders"
+
+
 def worker_heartbeat(queue: str) -> str:
     """A running worker's heartbeat (arq's health-check key: refreshed by its poll loop with an expiry, deleted
     when it stops); ``bookingbot worker --check`` reads it. Per queue, not per tenant: a worker serves all."""

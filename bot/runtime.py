@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -31,6 +32,7 @@ from bot.handoff import HandoffDesk
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
 from bot.profile import tenant_profile
+from bot.reminders import Reminders, Reminding
 from bot.retry import Backoff
 from bot.sessions import SessionStore
 from bot.settings import Settings, TenantConfig
@@ -67,11 +69,40 @@ def build_engine(profile: TenantProfile, cfg: TenantConfig, slot_fallback: SlotF
 
 
 def build_tenant(
-    tenant_id: str, cfg: TenantConfig, engine: AsyncEngine, assistant: Assistant | None = None
+    tenant_id: str,
+    cfg: TenantConfig,
+    engine: AsyncEngine,
+    assistant: Assistant | None = None,
+    reminders: Reminders | None = None,
 ) -> Tenant:
-    """A tenant's profile, dialog engine and booking backend, from its config (and its LLM, when it is on)."""
+    """A tenant's profile, dialog engine and booking backend, from its config (with its LLM, when it is on, and
+    its reminders, if any)."""
     profile = tenant_profile(tenant_id, cfg)
-    calendar = LocalCalendar(
+    calendar = build_calendar(tenant_id, cfg, engine)
+    offsets = cfg.reminders.offsets()
+    if reminders is not None and offsets:
+        calendar = Reminding(calendar, reminders, offsets, lambda: datetime.now(UTC))
+    fallback = assistant if assistant is not None and assistant.llm.extract else None
+    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg, fallback), calendar, assistant)
+
+
+def build_calendar(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> BookingBackend:
+    if cfg.booking.backend == "calcom":
+        assert cfg.booking.calcom is not None, "check-config requires the calcom block"
+        from bot.booking.calcom import CalcomCalendar
+
+        return CalcomCalendar(
+            engine,
+            tenant_id,
+            ZoneInfo(cfg.timezone),
+            cfg.hours,
+            {s.id: s.minutes for s in cfg.services},
+            cfg.booking.calcom,
+            locale=cfg.locale,
+            horizon_days=cfg.booking.horizon_days,
+            cache_seconds=cfg.booking.availability_cache_seconds,
+        )
+    return LocalCalendar(
         engine,
         tenant_id,
         ZoneInfo(cfg.timezone),
@@ -81,8 +112,6 @@ def build_tenant(
         cfg.booking.horizon_days,
         cache_seconds=cfg.booking.availability_cache_seconds,
     )
-    fallback = assistant if assistant is not None and assistant.llm.extract else None
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg, fallback), calendar, assistant)
 
 
 def database_url(settings: Settings) -> str:
@@ -100,6 +129,7 @@ class Runtime:
         self.sessions = SessionStore(redis, ttl_seconds=settings.session_ttl_days * 86400)
         self.inbox = Inbox(redis)
         self.voice = Voice(settings)
+        self.reminders = Reminders(redis)
         self.tenants: dict[str, Tenant] = {}
         for tenant_id, cfg in settings.tenants.items():
             self.add_tenant(tenant_id, cfg)
@@ -139,7 +169,7 @@ class Runtime:
         profile = tenant_profile(tenant_id, cfg)
         llm = build_assistant(profile, self.settings.llm, cfg.llm, self.redis, self.db, cache_of=alias_of)
         desk = HandoffDesk(self.redis, self.sessions, cfg.handoff.webhook_url)
-        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db, llm), desk=desk)
+        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db, llm, self.reminders), desk=desk)
         self.tenants[tenant_id] = tenant
         return tenant
 
@@ -152,7 +182,9 @@ class Runtime:
 
     async def drop_tenant(self, tenant_id: str) -> None:
         """Forget a tenant and delete all its data: rows in every table and every Redis key (replay, bench)."""
-        self.tenants.pop(tenant_id, None)
+        tenant = self.tenants.pop(tenant_id, None)
+        if tenant is not None:
+            await tenant.calendar.aclose()
         await self.log.flush()
         async with self.db.begin() as conn:
             for table in tables.TENANT_TABLES:
@@ -161,6 +193,8 @@ class Runtime:
             await self.redis.delete(key)
 
     async def aclose(self) -> None:
+        for tenant in self.tenants.values():
+            await tenant.calendar.aclose()
         self.voice.close()
         await close_clients()
         await self.log.aclose()

@@ -3,6 +3,7 @@
 Routes::
 
     POST /webhooks/telegram/{tenant}    GET + POST /webhooks/whatsapp/{tenant}    POST /webhooks/vk/{tenant}
+    POST /webhooks/calcom/{tenant}      (cal.com's booking events: bot.booking.calcom_webhooks)
     GET  /chat/{tenant}                 POST /chat/{tenant}/messages              GET /chat/{tenant}/messages
     POST /chat/{tenant}/voice           (a recorded voice note: the audio file as the body)
     GET  /health                        GET  /health/ready                        GET /metrics
@@ -15,6 +16,7 @@ Input errors never give a 500:
 malformed body, bad query                              400
 Telegram secret header wrong or missing                401
 WhatsApp ``X-Hub-Signature-256`` wrong or missing      401 (the GET handshake's wrong token: 403)
+cal.com ``X-Cal-Signature-256`` wrong or missing       401
 VK ``secret`` wrong (or another community's event)     403 (VK puts the secret in the body)
 unknown tenant, channel not configured for the tenant  404
 body over 1 MB (``Content-Length`` or streamed)        413
@@ -45,9 +47,11 @@ from sqlalchemy import text
 
 from bot import metrics
 from bot.bodydeadline import BODY_TIMEOUT_S, BodyDeadline, BodyTimeout
+from bot.booking import calcom_webhooks
 from bot.exceptions import ChannelNotConfigured
 from bot.ingest import Accepted, InProcess
 from bot.runtime import Runtime
+from bot.sender import Sender
 from bot.settings import Settings
 from bot.webchat import MAX_WAIT_S
 from bot.worker import Services, freeze_startup_objects
@@ -144,6 +148,8 @@ async def _start(state: _State) -> None:
     state.tasks.append(asyncio.create_task(services.webchat.listen()))
     scheduler = services.ingest.scheduler
     if isinstance(scheduler, InProcess):
+        sender = Sender(services.runtime.redis, services.channels.outlet)  # embedded: no arq to run reminders
+        state.tasks.append(asyncio.create_task(services.runtime.reminders.loop(services.runtime, sender)))
         recovered = await scheduler.recover(services.runtime.redis, list(services.runtime.tenants))
         if recovered:
             log.info("restarted %d drains left scheduled by a previous run", recovered)
@@ -195,6 +201,8 @@ def _adapter(services: Services, tenant: str, channel: str) -> Channel:
 async def _accept_webhook(state: _State, request: Request, channel: str) -> Response:
     services = state.require()
     tenant = request.path_params["tenant"]
+    if channel == calcom_webhooks.CHANNEL:
+        return await _accept_calcom(services, request, tenant)
     adapter = _adapter(services, tenant, channel)
     body = await _read_body(request)
     try:
@@ -208,6 +216,26 @@ async def _accept_webhook(state: _State, request: Request, channel: str) -> Resp
         outcome = await services.ingest.accept(msg)
         metrics.INGESTED.labels(channel, outcome.name.lower()).inc()
     return PlainTextResponse(parsed.reply or "ok")
+
+
+async def _accept_calcom(services: Services, request: Request, tenant: str) -> Response:
+    """A cal.com webhook: the tenant's webhook secret, then the same ingest as a chat message."""
+    cfg = services.runtime.settings.tenants.get(tenant)
+    calcom = cfg.booking.calcom if cfg is not None and cfg.booking.backend == "calcom" else None
+    if calcom is None:
+        raise _Refused(404, f"tenant {tenant!r} does not book through cal.com")
+    body = await _read_body(request)
+    try:
+        calcom_webhooks.verify(calcom.webhook_secret, request.headers, body)
+        msg = calcom_webhooks.parse(tenant, body)
+    except BadSignature as exc:
+        raise _Refused(401, str(exc)) from None
+    except BadPayload as exc:
+        raise _Refused(400, str(exc)) from None
+    if msg is not None:
+        outcome = await services.ingest.accept(msg)
+        metrics.INGESTED.labels(calcom_webhooks.CHANNEL, outcome.name.lower()).inc()
+    return PlainTextResponse("ok")
 
 
 def _webhook_routes(app: FastAPI, state: _State) -> None:
@@ -243,6 +271,7 @@ def _webhook_routes(app: FastAPI, state: _State) -> None:
 
     for channel in ("telegram", "whatsapp", "vk"):
         app.router.add_route(f"/webhooks/{channel}/{{tenant}}", endpoint(channel), methods=["POST"])
+    app.router.add_route("/webhooks/calcom/{tenant}", endpoint(calcom_webhooks.CHANNEL), methods=["POST"])
     app.router.add_route("/webhooks/whatsapp/{tenant}", whatsapp_handshake, methods=["GET"])
 
 

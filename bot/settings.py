@@ -124,13 +124,59 @@ class HandoffConfig(Model):
     quiet_minutes: int = Field(default=120, ge=1, le=7 * 24 * 60, description="bot resumes after this silence")
 
 
+_DURATION = re.compile(r"^(\d+)([mhd])$")
+_UNIT_MINUTES = {"m": 1, "h": 60, "d": 24 * 60}
+
+
+def duration_minutes(value: str) -> int:
+    """``"24h"`` / ``"90m"`` / ``"2d"`` in minutes."""
+    match = _DURATION.match(value)
+    if match is None or int(match[1]) == 0:
+        raise ValueError(f"{value!r} is not a duration: use a positive number with m, h or d, like 24h or 90m")
+    return int(match[1]) * _UNIT_MINUTES[match[2]]
+
+
+def _duration(value: str) -> str:
+    duration_minutes(value)
+    return value
+
+
+class CalcomConfig(Model):
+    """A tenant's cal.com (hosted or a self-hosted Cal.diy) account, reached through API v2."""
+
+    api_base: Annotated[str, _matching(r"https?://[^\s/]+(/[^\s]*)?", "use an http(s) origin like https://api.cal.com")]
+    api_key: str = Field(min_length=1, description="Authorization: Bearer cal_...")
+    webhook_secret: str = Field(default="", description="signs POST /webhooks/calcom/<tenant>; empty: refused")
+    event_types: dict[ServiceId, int] = Field(description="service id -> cal.com event type id")
+    guest_email_domain: str = Field(
+        default="no-email.invalid", description="attendee email <customer id>@this when the customer gave none"
+    )
+
+
 class BookingConfig(Model):
-    backend: Literal["local"] = "local"  # "calcom" arrives with the cal.com issue
+    backend: Literal["local", "calcom"] = "local"
+    calcom: CalcomConfig | None = None
     slot_step: int = Field(default=30, gt=0, le=24 * 60, description="minutes between offered start times")
     horizon_days: int = Field(default=30, gt=0, le=366, description="how far ahead customers may book")
     availability_cache_seconds: float = Field(
         default=2.0, ge=0, le=60, description="how long free times read from the calendar are reused; 0: never"
     )
+
+
+class WhatsAppTemplateConfig(Model):
+    name: str = Field(min_length=1)
+    language: str = Field(default="en", min_length=2)
+
+
+class RemindersConfig(Model):
+    before: list[Annotated[str, AfterValidator(_duration)]] = Field(
+        default_factory=list, description="durations before the start (24h, 2h, 30m); [] turns reminders off"
+    )
+    whatsapp_template: WhatsAppTemplateConfig | None = None
+
+    def offsets(self) -> list[int]:
+        """The reminder offsets in minutes before the start, largest first, without repeats."""
+        return sorted({duration_minutes(b) for b in self.before}, reverse=True)
 
 
 class SlotOverride(Model):
@@ -217,6 +263,7 @@ class TenantConfig(Model):
     )
     services: list[ServiceConfig] = Field(min_length=1)
     booking: BookingConfig = Field(default_factory=BookingConfig)
+    reminders: RemindersConfig = Field(default_factory=RemindersConfig)
     dialog: DialogConfig = Field(default_factory=DialogConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     info: InfoConfig = Field(default_factory=InfoConfig)

@@ -51,7 +51,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import keys, metrics
+from bot import keys, metrics, reminders
+from bot.booking import calcom_webhooks
 from bot.channelset import ChannelSet
 from bot.exceptions import ChannelNotConfigured, ConfigError, DeliveryFailed, StorageError
 from bot.heartbeat import HEARTBEAT_S
@@ -187,6 +188,9 @@ class Drainer:
             raise
 
     async def _process(self, msg: InboundMessage) -> None:
+        if msg.channel == calcom_webhooks.CHANNEL:  # a cal.com event, not a customer's message
+            await calcom_webhooks.handle(self.rt, self.sender, msg)
+            return
         started = time.perf_counter()
         turn = await self._pipeline.handle(msg, self.clock())
         if msg.callback_id is not None:
@@ -239,6 +243,8 @@ class Services:
         drainer.setdefault("dead_letter_after", runtime.settings.dead_letter_after_minutes * 60)
         drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), media=channels.fetch_media, **drainer)
         scheduler: Scheduler = InProcess(drains.run_to_end) if in_process else ArqQueue(queue_name)
+        if not in_process:  # reminders: arq deferred jobs; in process, Reminders.loop (bot.server) fires them
+            runtime.reminders.use_arq(queue_name)
         return cls(runtime, webchat, channels, drains, Ingest(redis, scheduler))
 
     async def idle(self) -> None:
@@ -329,7 +335,10 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         problem = "the worker needs redis_url (REDIS_URL); without it `bookingbot serve` runs the jobs itself"
         raise ConfigError([Problem("<config>", 0, problem)])
     return {
-        "functions": [func(keeping_in_progress(drain), name=DRAIN_JOB, max_tries=JOB_MAX_TRIES, timeout=JOB_TIMEOUT_S)],
+        "functions": [
+            func(keeping_in_progress(drain), name=DRAIN_JOB, max_tries=JOB_MAX_TRIES, timeout=JOB_TIMEOUT_S),
+            func(reminders.remind, name=reminders.REMIND_JOB, max_tries=10, timeout=JOB_TIMEOUT_S),
+        ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "queue_name": queue_name,
         "on_startup": _startup,

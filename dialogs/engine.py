@@ -18,6 +18,7 @@ from dialogs.fallback import fallback_slots
 from dialogs.flows.base import Rejection, SlotOverrides, Turn, override_problems
 from dialogs.flows.booking import HINTS
 from dialogs.flows.intents import IntentFlow
+from dialogs.flows.manage import REMINDER_PREFIX
 from dialogs.model import EffectOutcome, Reply, StepResult, UserInput
 from dialogs.ports import CalendarPort
 from dialogs.schema import INTENTS
@@ -43,6 +44,9 @@ class Engine(IntentFlow):
             return self._unheard(session, message)
         turn = self._turn(session, now, calendar)
         pressed = self._pressed(session, message)
+        if pressed and pressed.startswith(REMINDER_PREFIX):
+            await self._reminder_button(turn, pressed)
+            return turn.result()
         text = "" if pressed else message.text.strip()
         intents = self._intents(pressed, text)
         found = self._found(turn, pressed, text, message.phone)
