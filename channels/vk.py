@@ -106,7 +106,9 @@ class VKChannel:
         try:
             response = await self.http.get(ref.url)
         except httpx.HTTPError as exc:
-            raise vk_error(exc) from exc
+            # The link came in the message itself: one that cannot be reached (no such host, a scheme that is
+            # not http) will not become reachable by retrying the message, so the customer is asked to resend.
+            raise PermanentSendError(f"VK voice message {ref.id}: its link cannot be fetched: {exc!r}") from exc
         if not response.is_success:
             raise vk_error(response)
         return response.content
