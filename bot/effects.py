@@ -10,6 +10,8 @@ import logging
 from collections.abc import Awaitable
 from typing import Literal
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from bot.booking.base import Booking, BookRequest
 from bot.exceptions import BackendUnavailable, BookingNotFound, SlotTaken
 from bot.messagelog import MessageLog
@@ -38,15 +40,29 @@ async def execute(effect: Effect, tenant: Tenant, session: Session, log: Message
         case RescheduleBooking():
             return await _guarded("reschedule", tenant.calendar.reschedule(effect.booking_id, effect.start))
         case SyncCustomer():
-            # The erxes outbox arrives with the CRM issue; until then the customer lives in our own table.
-            await log.record_customer(tenant.id, session.conversation, session.conversation.partition(":")[0],
-                                      name=effect.name, phone=effect.phone, email=effect.email)
+            await _sync_customer(effect, tenant, session, log)
             return None
         case Handoff():
             logger.warning(
                 "handoff requested: tenant=%s conversation=%s reason=%s", tenant.id, session.conversation, effect.reason
             )
+            if tenant.crm is not None:  # a note and a tag on the customer in the CRM, so staff see it
+                await tenant.crm.handoff(session.conversation, effect.reason)
             return None
+
+
+async def _sync_customer(effect: SyncCustomer, tenant: Tenant, session: Session, log: MessageLog) -> None:
+    """Our customer row, and (in the same transaction) the CRM outbox row that carries it to the CRM."""
+    conversation = session.conversation
+    crm = tenant.crm
+
+    async def to_crm(conn: AsyncConnection) -> None:
+        assert crm is not None
+        await crm.customer_synced(conn, conversation, effect.name, effect.phone, effect.email)
+
+    await log.record_customer(tenant.id, conversation, conversation.partition(":")[0],
+                              name=effect.name, phone=effect.phone, email=effect.email,
+                              also=to_crm if crm is not None else None)
 
 
 async def _book(effect: BookSlot, tenant: Tenant, session: Session) -> EffectOutcome:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -138,8 +139,11 @@ class MessageLog:
         name: str | None = None,
         phone: str | None = None,
         email: str | None = None,
+        also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     ) -> None:
-        """Create or update the customer behind a conversation; ``None`` keeps what is stored."""
+        """Create or update the customer behind a conversation; ``None`` keeps what is stored.
+
+        ``also`` runs inside the same transaction (the CRM outbox row that carries the customer to the CRM)."""
         known = {"name": name, "phone": phone, "email": email}
         try:
             async with self.engine.begin() as conn:
@@ -153,6 +157,8 @@ class MessageLog:
                 )
                 keep = {k: func.coalesce(stmt.excluded[k], CUSTOMERS.c[k]) for k in known}
                 await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant", "id"], set_=keep))
+                if also is not None:
+                    await also(conn)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"cannot record customer {tenant}/{conversation}: {exc}") from exc
 

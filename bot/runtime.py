@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
@@ -20,6 +21,11 @@ from bot import db, keys, tables
 from bot import redis as redis_conn
 from bot.booking.base import BookingBackend
 from bot.booking.local import LocalCalendar
+from bot.crm.erxes import ErxesClient
+from bot.crm.outbox import Outbox
+from bot.crm.recorder import CrmRecorder
+from bot.crm.relay import OutboxRelay
+from bot.crm.sync import ErxesSync
 from bot.exceptions import ConfigError
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
@@ -38,6 +44,8 @@ class Tenant:
     profile: TenantProfile
     engine: Engine
     calendar: BookingBackend
+    crm: CrmRecorder | None = None  # queues CRM work (None: no crm block)
+    erxes: ErxesSync | None = None  # delivers it
 
 
 def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
@@ -68,8 +76,12 @@ def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
 
 
 def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tenant:
-    """A tenant's profile, dialog engine and booking backend, from its config."""
+    """A tenant's profile, dialog engine, booking backend and CRM, from its config."""
     profile = tenant_profile(tenant_id, cfg)
+    crm = erxes = None
+    if cfg.crm is not None:
+        crm = CrmRecorder(engine, tenant_id, cfg.crm.erxes, {s.id: s.label for s in cfg.services})
+        erxes = ErxesSync(ErxesClient(cfg.crm.erxes))
     calendar = LocalCalendar(
         engine,
         tenant_id,
@@ -79,8 +91,9 @@ def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tena
         cfg.booking.slot_step,
         cfg.booking.horizon_days,
         cache_seconds=cfg.booking.availability_cache_seconds,
+        on_write=crm.booking_written if crm else None,
     )
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar)
+    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar, crm, erxes)
 
 
 def database_url(settings: Settings) -> str:
@@ -97,6 +110,8 @@ class Runtime:
         self.log = log
         self.sessions = SessionStore(redis, ttl_seconds=settings.session_ttl_days * 86400)
         self.inbox = Inbox(redis)
+        self.outbox = Outbox(engine)
+        self.relay: OutboxRelay | None = None
         self.tenants: dict[str, Tenant] = {}
         for tenant_id, cfg in settings.tenants.items():
             self.add_tenant(tenant_id, cfg)
@@ -118,6 +133,16 @@ class Runtime:
         self.tenants[tenant_id] = tenant
         return tenant
 
+    def start_relay(self, **options: Any) -> OutboxRelay:
+        """Deliver this process's share of the CRM outbox (the worker; the server or chat in embedded mode)."""
+        if self.relay is None:
+            self.relay = OutboxRelay(self.outbox, self._erxes_syncs, **options)
+            self.relay.start()
+        return self.relay
+
+    def _erxes_syncs(self) -> dict[str, ErxesSync]:
+        return {tenant_id: t.erxes for tenant_id, t in self.tenants.items() if t.erxes is not None}
+
     def tenant(self, tenant_id: str) -> Tenant:
         try:
             return self.tenants[tenant_id]
@@ -127,7 +152,9 @@ class Runtime:
 
     async def drop_tenant(self, tenant_id: str) -> None:
         """Forget a tenant and delete all its data: rows in every table and every Redis key (replay, bench)."""
-        self.tenants.pop(tenant_id, None)
+        dropped = self.tenants.pop(tenant_id, None)
+        if dropped is not None and dropped.erxes is not None:
+            await dropped.erxes.client.aclose()
         await self.log.flush()
         async with self.db.begin() as conn:
             for table in tables.TENANT_TABLES:
@@ -136,6 +163,11 @@ class Runtime:
             await self.redis.delete(key)
 
     async def aclose(self) -> None:
+        if self.relay is not None:
+            await self.relay.aclose()
+        for tenant in self.tenants.values():
+            if tenant.erxes is not None:
+                await tenant.erxes.client.aclose()
         await self.log.aclose()
         await redis_conn.close(self.redis)
         await self.db.dispose()

@@ -131,6 +131,35 @@ class CalendarGrid(SQLModel, table=True):
     cell: int
 
 
+class CrmOutboxRow(SQLModel, table=True):
+    """One CRM operation waiting for (or done by) the outbox relay: see :mod:`bot.crm.outbox`.
+
+    ``stream`` is the customer (conversation id): rows of one stream are delivered in ``id`` order.
+    ``result`` (JSON) holds the erxes ids the operation produced or used.
+    """
+
+    __tablename__ = "crm_outbox"
+    __table_args__ = (
+        Index("ix_crm_outbox_stream", "tenant", "stream", "id"),
+        Index("ix_crm_outbox_status", "status", "next_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_AUTO_ID)
+    tenant: str
+    stream: str
+    op: str  # customer | booking | cancel | reschedule | handoff | message
+    payload: str  # JSON
+    booking_id: str | None = None
+    status: str  # pending | done | failed
+    attempts: int = 0
+    next_at: datetime = Field(sa_type=UTCDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = None
+    result: str | None = None  # JSON
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 # The same tables for SQLAlchemy Core (``CELLS.c.cell``), which the hot paths use: no ORM session overhead.
 CUSTOMERS: Table = SQLModel.metadata.tables["customers"]
 CONVERSATIONS: Table = SQLModel.metadata.tables["conversations"]
@@ -138,6 +167,7 @@ MESSAGES: Table = SQLModel.metadata.tables["messages"]
 BOOKINGS: Table = SQLModel.metadata.tables["bookings"]
 CELLS: Table = SQLModel.metadata.tables["booking_cells"]
 GRIDS: Table = SQLModel.metadata.tables["calendar_grids"]
+CRM_OUTBOX: Table = SQLModel.metadata.tables["crm_outbox"]
 
 # Every table has a ``tenant`` column: deleting a tenant's rows from these removes all of its data.
-TENANT_TABLES: tuple[Table, ...] = (CUSTOMERS, CONVERSATIONS, MESSAGES, BOOKINGS, CELLS, GRIDS)
+TENANT_TABLES: tuple[Table, ...] = (CUSTOMERS, CONVERSATIONS, MESSAGES, BOOKINGS, CELLS, GRIDS, CRM_OUTBOX)
