@@ -5,7 +5,13 @@ Labels stay low-cardinality: channel, outcome, HTTP status - never tenant or use
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+import logging
+from datetime import UTC, datetime
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from bot.crm.outbox import Outbox
+from bot.exceptions import StorageError
 
 WEBHOOKS = Counter("bookingbot_webhooks_total", "Webhook requests answered", ["channel", "status"])
 INGESTED = Counter(
@@ -24,6 +30,23 @@ SEND_RETRIES = Counter("bookingbot_send_retries_total", "Send attempts that were
 RATE_WAIT_SECONDS = Counter(
     "bookingbot_send_rate_wait_seconds_total", "Time sends waited for a rate limit", ["channel"]
 )
+
+OUTBOX_ROWS = Gauge("bookingbot_crm_outbox_rows", "CRM outbox rows not yet delivered", ["status"])
+OUTBOX_AGE = Gauge(
+    "bookingbot_crm_outbox_oldest_age_seconds", "Age of the oldest undelivered CRM outbox row", ["status"]
+)
+
+
+async def observe_outbox(outbox: Outbox) -> None:
+    """Read the CRM outbox's depth and age (SQL, shared by every process) just before a scrape."""
+    try:
+        stats = await outbox.stats(datetime.now(UTC))
+    except StorageError as exc:
+        logging.getLogger(__name__).warning("metrics: %s", exc)
+        return
+    for status, (rows, age) in stats.items():
+        OUTBOX_ROWS.labels(status).set(rows)
+        OUTBOX_AGE.labels(status).set(age)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -217,6 +217,8 @@ class Services:
         channels = ChannelSet(runtime.settings, webchat)
         drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), **drainer)
         scheduler: Scheduler = InProcess(drains.run_to_end) if in_process else ArqQueue(queue_name)
+        if in_process:  # no worker: this process also delivers the CRM outbox
+            runtime.start_relay()
         return cls(runtime, webchat, channels, drains, Ingest(redis, scheduler))
 
     async def aclose(self) -> None:
@@ -236,6 +238,7 @@ async def drain(ctx: dict[str, Any], tenant: str, conversation: str) -> None:
 async def _startup(ctx: dict[str, Any]) -> None:
     runtime = await Runtime.start(ctx["settings"])
     ctx["services"] = Services.build(runtime, in_process=False, queue_name=ctx["queue_name"])
+    runtime.start_relay()  # the CRM outbox (bot.crm.relay): a periodic task of every worker
     freeze_startup_objects()  # the runtime and tenants just built are as long-lived as the imports
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -67,7 +67,7 @@ async def test_deal_dates_travel_as_variables(erxes: ErxesDouble) -> None:
     assert erxes.deals[deal]["startDate"] == later
     # The quirk the client avoids: an inline string literal reaches erxes as null.
     await client.call(
-        'mutation { dealsEdit(_id: "%s", name: "n", startDate: "2026-12-01T10:00:00+00:00") { _id } }' % deal
+        f'mutation {{ dealsEdit(_id: "{deal}", name: "n", startDate: "2026-12-01T10:00:00+00:00") {{ _id }} }}'
     )
     assert erxes.deals[deal]["startDate"] == later  # null is "no change": the date sent inline was lost
     await client.aclose()

@@ -267,7 +267,7 @@ class ErxesDouble(Double):
             found = next((c for c in self.customers.values() if c.get("code") == _id), None)
         return found
 
-    def _customers(self, searchValue: str | None = None, perPage: int | None = None, **_: Any) -> Any:  # noqa: N803
+    def _customers(self, searchValue: str | None = None, perPage: int | None = None, **_: Any) -> Any:
         items = list(self.customers.values())
         if searchValue:
             if self.profile == "v3":
@@ -307,7 +307,7 @@ class ErxesDouble(Double):
 
     # -- deals, tags, notes --------------------------------------------------------------------------------------
 
-    def _deals(self, stageId: str | None = None, search: str | None = None, **_: Any) -> list[dict[str, Any]]:  # noqa: N803
+    def _deals(self, stageId: str | None = None, search: str | None = None, **_: Any) -> list[dict[str, Any]]:
         deals = [d for d in self.deals.values() if stageId is None or d["stageId"] == stageId]
         return [d for d in deals if not search or search.lower() in d["name"].lower()]
 
@@ -330,18 +330,18 @@ class ErxesDouble(Double):
     def _tag_type(self) -> str:
         return "contacts:customer" if self.profile == "v1" else "core:customer"
 
-    def _tags(self, type: str | None = None, searchValue: str | None = None) -> list[dict[str, Any]]:  # noqa: A002, N803
+    def _tags(self, type: str | None = None, searchValue: str | None = None) -> list[dict[str, Any]]:
         tags = [t for t in self.tags.values() if type is None or t["type"] == type]
         return [t for t in tags if not searchValue or searchValue.lower() in t["name"].lower()]
 
-    def _tags_add(self, name: str, type: str, colorCode: str | None = None) -> dict[str, Any]:  # noqa: A002, N803
+    def _tags_add(self, name: str, type: str, colorCode: str | None = None) -> dict[str, Any]:
         if any(t["name"] == name and t["type"] == type for t in self.tags.values()):
             raise GraphQLError("Tag duplicated")
         tag_id = f"tag{next(self._ids)}"
         self.tags[tag_id] = {"_id": tag_id, "name": name, "type": type}
         return self.tags[tag_id]
 
-    def _tags_tag(self, type: str, targetIds: list[str], tagIds: list[str]) -> Any:  # noqa: A002, N803
+    def _tags_tag(self, type: str, targetIds: list[str], tagIds: list[str]) -> Any:
         if type != self._tag_type():
             raise GraphQLError(f"Unknown tag type {type}")
         for target in targetIds:
@@ -350,7 +350,7 @@ class ErxesDouble(Double):
             self.customers[target]["tagIds"] = list(tagIds)  # erxes replaces the target's tags
         return {"n": len(targetIds), "ok": 1}
 
-    def _notes_add(self, contentType: str, contentTypeId: str | None = None, content: str | None = None,  # noqa: N803
+    def _notes_add(self, contentType: str, contentTypeId: str | None = None, content: str | None = None,
                    **_: Any) -> dict[str, Any]:
         if contentType == self._tag_type() and contentTypeId not in self.customers:
             raise GraphQLError("Customer not found")
@@ -362,7 +362,7 @@ class ErxesDouble(Double):
     # -- messenger -----------------------------------------------------------------------------------------------
 
     def _messenger_connect(self, code: str | None = None, phone: str | None = None, email: str | None = None,
-                           brandCode: str | None = None, integrationId: str | None = None,  # noqa: N803
+                           brandCode: str | None = None, integrationId: str | None = None,
                            **_: Any) -> dict[str, Any]:
         if (brandCode or integrationId) not in (self.brand_code, self.integration_id):
             raise GraphQLError("Integration not found")
@@ -372,7 +372,7 @@ class ErxesDouble(Double):
             customer["state"] = "visitor"
         return {"integrationId": self.integration_id, "customerId": customer["_id"]}
 
-    def _insert_message(self, integrationId: str, customerId: str | None = None,  # noqa: N803
+    def _insert_message(self, integrationId: str, customerId: str | None = None,
                         conversationId: str | None = None, message: str | None = None, **_: Any) -> dict[str, Any]:
         if integrationId != self.integration_id:
             raise GraphQLError("Integration not found")
