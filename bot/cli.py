@@ -168,6 +168,28 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     return await run_worker(_settings(args))
 
 
+async def cmd_outbox(args: argparse.Namespace) -> int:
+    from bot import db
+    from bot.crm.outbox import Outbox, describe
+    from bot.runtime import database_url
+
+    url = database_url(_settings(args))
+    await db.migrate(url)
+    engine = db.make_engine(url, pool_size=1)
+    try:
+        outbox = Outbox(engine)
+        if args.action == "retry":
+            print(f"{await outbox.retry_failed(args.tenant)} failed rows queued again")
+            return 0
+        rows = await outbox.open_rows(args.tenant)
+    finally:
+        await engine.dispose()
+    for row in rows:
+        print(describe(row))
+    print(f"{sum(r.status == 'pending' for r in rows)} pending, {sum(r.status == 'failed' for r in rows)} failed")
+    return 0
+
+
 async def cmd_set_webhooks(args: argparse.Namespace) -> int:
     from bot.channelset import set_webhooks
 
@@ -211,6 +233,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-inprocess", action="store_true",
                    help="run drains in this process (always so without redis_url)")
     command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
+    p = command("outbox", cmd_outbox, "show pending and failed CRM outbox rows, or queue failed ones again")
+    p.add_argument("action", nargs="?", choices=["show", "retry"], default="show")
+    p.add_argument("--tenant", help="only this tenant (default: all)")
     p = command("set-webhooks", cmd_set_webhooks, "register the webhook URLs with Telegram, WhatsApp and VK")
     p.add_argument("--tenant", help="only this tenant (default: all)")
     p.add_argument("--base-url", required=True, help="public base URL of `bookingbot serve`")

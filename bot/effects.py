@@ -89,3 +89,10 @@ async def _guarded(kind: Literal["book", "cancel", "reschedule"], call: Awaitabl
     except BackendUnavailable:
         return EffectOutcome(effect=kind, ok=False, reason="failed")
     return EffectOutcome(effect=kind, ok=True, booking_id=booking.id)
+
+
+async def mirror(tenant: Tenant, conversation: str, inbound: str | None, replies: list[str]) -> None:
+    """Queue a turn's messages for the CRM's inbox mirror (a no-op unless the tenant turned it on)."""
+    if tenant.crm is not None:
+        lines = ([("in", inbound)] if inbound else []) + [("out", text) for text in replies]
+        await tenant.crm.messages(conversation, lines)

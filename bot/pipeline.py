@@ -59,6 +59,7 @@ class Pipeline:
         session.last_event = msg.event_id
         await self.rt.sessions.save(session)
         self._log(msg, turn, now, pressed)
+        await effects.mirror(tenant, msg.conversation, pressed or msg.text, [r.text for r in turn.replies])
         return turn
 
     async def _apply(self, turn: Turn, tenant: Tenant, result: StepResult, now: datetime) -> None:

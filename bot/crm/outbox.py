@@ -83,6 +83,13 @@ class OutboxItem(BaseModel):
 _COLUMNS = [CRM_OUTBOX.c[name] for name in OutboxItem.model_fields]
 
 
+def describe(item: OutboxItem) -> str:
+    """One line of ``bookingbot outbox``."""
+    when = "failed" if item.status == "failed" else f"next {item.next_at:%Y-%m-%d %H:%M:%S}Z"
+    error = f"  {item.last_error}" if item.last_error else ""
+    return f"{item.id}  {item.tenant}  {item.stream}  {item.op}  {when}  attempts={item.attempts}{error}"
+
+
 class Outbox:
     """The relay's and the operator's side of the table."""
 
