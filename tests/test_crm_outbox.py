@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
+from zoneinfo import ZoneInfo
 
 import pytest
 from doubles.erxes import ErxesDouble
@@ -219,12 +220,10 @@ async def test_crm_rows_commit_and_roll_back_with_the_booking(pg_engine: AsyncEn
         if fail["now"]:
             raise RuntimeError("the transaction must roll back")
 
-    from zoneinfo import ZoneInfo
-
     calendar = LocalCalendar(pg_engine, tenant, ZoneInfo("Europe/London"), {"tue": ["10:00-20:00"]},
                              {"haircut": 60}, 30, 30, on_write=hook)
-    request = BookRequest(key="k1", customer="web:1", service="haircut", start=datetime(2026, 11, 24, 17, 0, tzinfo=UTC),
-                          name="Ann", phone="+447700900123")
+    start = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)
+    request = BookRequest(key="k1", customer="web:1", service="haircut", start=start, name="Ann", phone="+447700900123")
     booking = await calendar.book(request)
     await calendar.book(request)  # the same key again: the booking it made, and no second row
     fail["now"] = True
