@@ -22,6 +22,7 @@ from doubles.erxes import ErxesDouble
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot import metrics
 from bot.booking.base import Booking, BookingKind, BookRequest
 from bot.booking.local import LocalCalendar
 from bot.config import load_config
@@ -148,6 +149,9 @@ async def test_outage_delays_but_loses_and_duplicates_nothing(services_env: dict
         assert await chat.say("can I reschedule?", "Friday", "5pm", "yes") == "rescheduled"
         assert not erxes.customers and not erxes.deals
         assert [op for op, _, _ in await rows(runtime, tenant)] == ["customer", "booking", "reschedule"]
+        await metrics.observe_outbox(runtime.outbox)  # what /metrics shows
+        assert metrics.OUTBOX_ROWS.labels("pending")._value.get() >= 3
+        assert metrics.OUTBOX_AGE.labels("pending")._value.get() > 0
 
         erxes.lose_next_answers(2)  # erxes comes back; the first two writes succeed but their answers are lost
         erxes.outage = False
