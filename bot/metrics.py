@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from bot.crm.outbox import Outbox
 from bot.exceptions import StorageError
+
+if TYPE_CHECKING:
+    from bot.crm.outbox import Outbox
 
 WEBHOOKS = Counter("bookingbot_webhooks_total", "Webhook requests answered", ["channel", "status"])
 INGESTED = Counter(

@@ -93,6 +93,9 @@ class OutboxRelay:
             except StorageError as exc:
                 log.warning("crm outbox: %s", exc)
                 delivered = 0
+            except Exception:  # a bug must not stop delivery for every tenant; the row's lease lets it retry
+                log.exception("crm outbox: relay round failed")
+                delivered = 0
             if delivered:
                 continue
             self._wake.clear()
