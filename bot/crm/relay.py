@@ -68,7 +68,7 @@ class OutboxRelay:
         """Deliver until no row of a CRM tenant is pending or ``seconds`` pass (``bookingbot chat`` calls this
         before it exits). True when nothing is left pending."""
         deadline = time.monotonic() + seconds
-        while True:
+        while self._syncs():
             await self.run_once()
             tenants = set(self._syncs())
             rows = await self.outbox.open_rows()
@@ -78,6 +78,7 @@ class OutboxRelay:
             soonest = min(row.next_at for row in pending)
             wait = (soonest - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(min(max(wait, 0.05), max(deadline - time.monotonic(), 0.0), self.poll_s))
+        return True  # no tenant has a CRM
 
     async def run_once(self) -> int:
         """One round: deliver every stream whose head is due, each until it runs dry or a row fails."""
