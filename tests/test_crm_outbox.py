@@ -135,7 +135,7 @@ async def test_booking_move_and_cancel_become_one_customer_and_one_deal(
 
 
 async def test_outage_delays_but_loses_and_duplicates_nothing(services_env: dict[str, str], erxes: ErxesDouble) -> None:
-    async with crm_runtime(services_env, erxes) as (runtime, tenant):
+    async with crm_runtime(services_env, erxes, tag_ids=["tag-bot"]) as (runtime, tenant):
         erxes.outage = True
         relay = runtime.start_relay(**FAST)
         chat = Chat(runtime, tenant)
@@ -153,11 +153,13 @@ async def test_outage_delays_but_loses_and_duplicates_nothing(services_env: dict
         assert metrics.OUTBOX_ROWS.labels("pending")._value.get() >= 3
         assert metrics.OUTBOX_AGE.labels("pending")._value.get() > 0
 
-        erxes.lose_next_answers(2)  # erxes comes back; the first two writes succeed but their answers are lost
+        # erxes comes back; its first two writes (the customer, its tags) are done but their answers lost
+        erxes.lose_next_answers(2)
         erxes.outage = False
         await settle(relay)
         assert [status for _, status, _ in await rows(runtime, tenant)] == ["done", "done", "done"]
-        assert len(erxes.customers) == 1
+        [customer] = erxes.customers.values()
+        assert customer["tagIds"] == ["tag-bot"]
         [deal] = erxes.deals.values()
         assert deal["startDate"] == datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
 

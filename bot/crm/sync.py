@@ -60,7 +60,7 @@ class ErxesSync:
         if item.op == "message":
             return await self._message(item, known)
         fields = CustomerFields(code=item.stream, name=p.get("name"), phone=p.get("phone"), email=p.get("email"))
-        customer, created = await self._customer(fields, known)
+        customer, created = await self._customer(fields, known, retry=item.attempts > 0)
         if item.op == "customer":
             if not created:
                 await self._edit(customer, fields)
@@ -69,7 +69,7 @@ class ErxesSync:
             return {"customer": customer, **await self._handoff(customer, str(p.get("reason", "")))}
         return {"customer": customer, **await self._booking(item, customer, known)}
 
-    async def _customer(self, fields: CustomerFields, known: Known) -> tuple[str, bool]:
+    async def _customer(self, fields: CustomerFields, known: Known, *, retry: bool) -> tuple[str, bool]:
         """(customer id, whether this call created it)."""
         if known.customer:
             return known.customer, False
@@ -82,11 +82,19 @@ class ErxesSync:
                 if found is None:  # v1 searches an eventually consistent index: it will show up
                     raise CrmUnavailable("erxes reports the customer as existing but cannot find it yet") from None
             else:
-                if self.config.tag_ids:
-                    await self.client.tag_customer(created, list(self.config.tag_ids))
+                await self._add_tags(created, list(self.config.tag_ids))
                 return created, True
-        known.customer = found
+        if retry:  # an earlier attempt may have created it and failed before tagging it
+            await self._add_tags(found, list(self.config.tag_ids))
         return found, False
+
+    async def _add_tags(self, customer: str, wanted: list[str]) -> None:
+        """Add tags, keeping the customer's others (erxes replaces the whole set)."""
+        if not wanted:
+            return
+        current = await self.client.customer_tags(customer)
+        if any(tag not in current for tag in wanted):
+            await self.client.tag_customer(customer, [*current, *(t for t in wanted if t not in current)])
 
     async def _edit(self, customer: str, fields: CustomerFields) -> None:
         """Keep name, phone and email current; a phone or email another customer holds is left out."""
@@ -131,9 +139,7 @@ class ErxesSync:
         note = await self.client.add_note(customer, text)
         if self._handoff_tag is None:
             self._handoff_tag = await self.client.find_or_add_tag(HANDOFF_TAG)
-        current = await self.client.customer_tags(customer)
-        if self._handoff_tag not in current:
-            await self.client.tag_customer(customer, [*current, self._handoff_tag])
+        await self._add_tags(customer, [self._handoff_tag])
         return {"note": note, "tag": self._handoff_tag}
 
     async def _message(self, item: OutboxItem, known: Known) -> dict[str, Any]:
