@@ -190,6 +190,30 @@ async def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_deadletters(args: argparse.Namespace) -> int:
+    from bot.deadletters import dead_letters, retry
+    from bot.runtime import Runtime
+    from bot.worker import Services
+
+    settings = _settings(args)
+    tenants = [args.tenant] if args.tenant else list(settings.tenants)
+    runtime = await Runtime.start(settings)
+    # Without a worker (embedded mode) this process drains what it sends through again.
+    services = Services.build(runtime, in_process=not settings.redis_url)
+    try:
+        for tenant in tenants:
+            for letter in await dead_letters(runtime.redis, tenant):
+                if args.action == "list":
+                    print(letter.line())
+                else:
+                    print(f"{await retry(services, letter)}: {letter.line()}")
+        await services.idle()
+    finally:
+        await services.aclose()
+        await runtime.aclose()
+    return 0
+
+
 async def cmd_set_webhooks(args: argparse.Namespace) -> int:
     from bot.channelset import set_webhooks
 
@@ -233,8 +257,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-inprocess", action="store_true",
                    help="run drains in this process (always so without redis_url)")
     command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
-    p = command("outbox", cmd_outbox, "show pending and failed CRM outbox rows, or queue failed ones again")
-    p.add_argument("action", nargs="?", choices=["show", "retry"], default="show")
+    p = command("outbox", cmd_outbox, "list pending and failed CRM outbox rows, or queue failed ones again")
+    p.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    p.add_argument("--tenant", help="only this tenant (default: all)")
+    p = command("deadletters", cmd_deadletters, "list inbound messages given up on, or send them through again")
+    p.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     p.add_argument("--tenant", help="only this tenant (default: all)")
     p = command("set-webhooks", cmd_set_webhooks, "register the webhook URLs with Telegram, WhatsApp and VK")
     p.add_argument("--tenant", help="only this tenant (default: all)")

@@ -58,7 +58,9 @@ class BackendUnavailable(BookingError):
 
 
 class DeliveryFailed(BotError):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # the provider's last word on when to try again, if it said
 
 
 class ChannelNotConfigured(BotError):

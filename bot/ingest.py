@@ -22,8 +22,10 @@ reaches its release: :class:`bot.worker.Drainer` turns every failure into a retr
 on a message (dead letter) rather than on the job. The marker carries
 its job's id, so a stale job (e.g. one redriven after its marker expired and a new job was scheduled) sees
 that it is not the owner and stops instead of releasing someone else's marker; a job that finds the marker
-gone (expired) adopts it. The marker expires with arq's job key (a job lost with its key, e.g. after a worker
-outage longer than that, frees the conversation for the next message). The lease of :class:`bot.inbox.Inbox`
+gone (expired) adopts it. The marker expires with arq's job key: both are set by the same script and every
+run of the job pushes both expiries forward together (:meth:`Markers.keep`), so a job lost with its key (a
+worker outage longer than a day) frees the conversation for the next message. A job whose worker died is run
+again by any live worker within seconds (see :mod:`bot.worker`). The lease of :class:`bot.inbox.Inbox`
 separately guarantees that only one drainer touches the inbox at a time.
 """
 
@@ -65,10 +67,11 @@ def loads_job(raw: bytes) -> dict[str, Any]:
 
 # KEYS: 1 dedupe, 2 inbox, 3 scheduled marker, 4 arq job key | ready set, 5 arq queue (unused in process),
 # 6 unreachable mark (a user who writes again can be answered again)
-# ARGV: 1 dedupe ttl s, 2 item, 3 marker/job ttl ms, 4 mode, 5 job id, 6 job body, 7 score ms, 8 conversation
+# ARGV: 1 dedupe ttl s (0: no dedupe, a redrive), 2 item, 3 marker/job ttl ms, 4 mode, 5 job id, 6 job body,
+# 7 score ms, 8 conversation
 # Returns 0 duplicate, 1 appended (a drain is already scheduled), 2 appended and a drain scheduled.
 _ACCEPT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+if ARGV[1] ~= '0' and not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[6])
 if not redis.call('SET', KEYS[3], ARGV[5], 'NX', 'PX', ARGV[3]) then return 1 end
@@ -194,8 +197,9 @@ class Ingest:
         self._accept = redis.register_script(_ACCEPT)
         self._dedupe_ttl_s = dedupe_ttl_s
 
-    async def accept(self, msg: InboundMessage) -> Accepted:
-        """Dedupe, append and (if needed) schedule the message's conversation: one round trip."""
+    async def accept(self, msg: InboundMessage, *, redrive: bool = False) -> Accepted:
+        """Dedupe, append and (if needed) schedule the message's conversation: one round trip. ``redrive``:
+        skip the dedupe (an operator sends a dead-lettered message through again)."""
         conversation = msg.conversation
         job_id = uuid4().hex
         now_ms = int(time.time() * 1000)
@@ -211,7 +215,7 @@ class Ingest:
                 keys.unreachable(msg.tenant, conversation),
             ],
             args=[
-                self._dedupe_ttl_s,
+                0 if redrive else self._dedupe_ttl_s,
                 msg.model_dump_json(),
                 MARKER_TTL_MS,
                 self.scheduler.mode,
@@ -227,11 +231,24 @@ class Ingest:
         return accepted
 
 
+# KEYS: 1 scheduled marker, 2 arq job key; ARGV: 1 job id, 2 ttl ms. The marker (while it is this job's) and
+# the job key expire together, a full TTL from now.
+_KEEP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+"""
+
+
 class Markers:
     """The drain side of the marker protocol (see the module docstring)."""
 
     def __init__(self, redis: Redis) -> None:
         self._release = redis.register_script(_RELEASE)
+        self._keep = redis.register_script(_KEEP)
+
+    async def keep(self, tenant: str, conversation: str, job_id: str) -> None:
+        """At the start of each run of an arq drain job: its marker can never outlive its job key."""
+        await self._keep(keys=[keys.scheduled(tenant, conversation), keys.job(job_id)], args=[job_id, MARKER_TTL_MS])
 
     async def release(self, tenant: str, conversation: str, job_id: str) -> Release:
         """After a drain, give up the conversation's marker if its inbox is empty."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from arq.constants import default_queue_name, job_key_prefix
 
 PREFIX = "bb"
+TURN_TTL_S = 7 * 86400
+"""How long a turn's replies, its sent marks and its failure record live: as long as a provider may redeliver."""
 
 
 def tenant_pattern(tenant: str) -> str:

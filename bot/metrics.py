@@ -33,6 +33,7 @@ SEND_RETRIES = Counter("bookingbot_send_retries_total", "Send attempts that were
 RATE_WAIT_SECONDS = Counter(
     "bookingbot_send_rate_wait_seconds_total", "Time sends waited for a rate limit", ["channel"]
 )
+WORKER_POLL_ERRORS = Counter("bookingbot_worker_poll_errors_total", "Worker queue polls that failed (Redis down)")
 
 OUTBOX_ROWS = Gauge("bookingbot_crm_outbox_rows", "CRM outbox rows not yet delivered", ["status"])
 OUTBOX_AGE = Gauge(

@@ -1,7 +1,9 @@
 """One inbound message through the dialog: the work half of DESIGN section 2 (the worker runs this).
 
-load session -> engine.step -> effects (and the engine's reaction to their outcomes) -> save -> message log.
-The caller owns ordering (the inbox lease) and delivery of the returned replies.
+load session -> engine.step -> effects (and the engine's reaction to their outcomes) -> save the session and the
+turn's replies in one step -> message log. The caller owns ordering (the inbox lease) and delivery of the
+returned replies; a message already answered (a redriven inbox head) comes back as a duplicate turn carrying the
+replies stored for it, so the caller can finish sending them.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bot import effects
+from pydantic import TypeAdapter
+
+from bot import effects, keys
 from bot.messagelog import LoggedMessage
 from bot.runtime import Runtime, Tenant
 from channels.base import InboundMessage, OutboundMessage, OutButton
 from dialogs.model import Reply, StepResult, UserInput
 from dialogs.session import Session
+
+REPLIES = TypeAdapter(list[OutboundMessage])
 
 
 @dataclass
@@ -24,21 +30,23 @@ class Turn:
     session: Session
     replies: list[Reply] = field(default_factory=list)
     duplicate: bool = False  # the message was already processed (a redriven inbox head)
+    outbound: list[OutboundMessage] = field(default_factory=list)  # the replies as sent (stored with the session)
 
-    def outbound(self, msg: InboundMessage) -> list[OutboundMessage]:
-        return [
-            OutboundMessage(
-                tenant=msg.tenant,
-                channel=msg.channel,
-                user_id=msg.user_id,
-                chat_id=msg.chat_id,
-                text=reply.text,
-                buttons=tuple(OutButton(label=b.label, data=b.value) for b in reply.buttons),
-                event_id=msg.event_id,
-                index=index,
-            )
-            for index, reply in enumerate(self.replies)
-        ]
+
+def _outbound(msg: InboundMessage, replies: list[Reply]) -> list[OutboundMessage]:
+    return [
+        OutboundMessage(
+            tenant=msg.tenant,
+            channel=msg.channel,
+            user_id=msg.user_id,
+            chat_id=msg.chat_id,
+            text=reply.text,
+            buttons=tuple(OutButton(label=b.label, data=b.value) for b in reply.buttons),
+            event_id=msg.event_id,
+            index=index,
+        )
+        for index, reply in enumerate(replies)
+    ]
 
 
 class Pipeline:
@@ -51,16 +59,22 @@ class Pipeline:
         if session is None:
             session = tenant.engine.new_session(msg.conversation, customer=msg.conversation)
         elif session.last_event == msg.event_id:
-            return Turn(session, duplicate=True)
+            return await self._answered(msg, session)
         pressed = next((b.label for b in session.offered if msg.button and b.value == msg.button), None)
         turn = Turn(session)
         user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone, voice=msg.voice is not None)
         await self._apply(turn, tenant, await tenant.engine.step(session, user_input, now, tenant.calendar), now)
         session.last_event = msg.event_id
-        await self.rt.sessions.save(session)
+        turn.outbound = _outbound(msg, turn.replies)
+        await self.rt.sessions.save(session, REPLIES.dump_json(turn.outbound).decode() if turn.outbound else "")
         self._log(msg, turn, now, pressed)
         await effects.mirror(tenant, msg.conversation, pressed or msg.text, [r.text for r in turn.replies])
         return turn
+
+    async def _answered(self, msg: InboundMessage, session: Session) -> Turn:
+        """The turn of a message this session already answered, with the replies stored with it."""
+        stored = await self.rt.redis.get(keys.replies(msg.tenant, msg.conversation, msg.event_id))
+        return Turn(session, duplicate=True, outbound=[] if stored is None else REPLIES.validate_json(stored))
 
     async def _apply(self, turn: Turn, tenant: Tenant, result: StepResult, now: datetime) -> None:
         """Collect replies, running effects; an effect's outcome may make the engine say more (and act again)."""

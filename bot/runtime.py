@@ -8,13 +8,17 @@ configured tenant (its dialog engine, built once, and its booking backend).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import delete
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import db, keys, tables
@@ -29,12 +33,15 @@ from bot.crm.sync import ErxesSync
 from bot.exceptions import ConfigError
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
+from bot.retry import Backoff
 from bot.sessions import SessionStore
 from bot.settings import Settings, TenantConfig
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
 from dialogs.ports import ServiceInfo, TenantProfile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,10 +129,28 @@ class Runtime:
         url = database_url(settings)
         await db.migrate(url)
         engine = db.make_engine(url)
-        redis = await redis_conn.connect(settings.redis_url, settings.data_dir)
-        log = MessageLog(engine)
-        await log.start()
-        return cls(settings, redis, engine, log)
+        try:
+            redis = await redis_conn.connect(settings.redis_url, settings.data_dir)
+        except BaseException:
+            await engine.dispose()
+            raise
+        messages = MessageLog(engine)
+        await messages.start()
+        return cls(settings, redis, engine, messages)
+
+    @classmethod
+    async def start_when_reachable(cls, settings: Settings) -> Runtime:
+        """:meth:`start`, waiting with backoff (and saying so) while Redis or the database cannot be reached:
+        a server or worker started before its storage, or during an outage, comes up when the storage does."""
+        waits = Backoff(base=0.5, cap=10.0, floor=0.5)
+        for attempt in itertools.count():
+            try:
+                return await cls.start(settings)
+            except (RedisError, OSError, SQLAlchemyError) as exc:
+                delay = waits.delay(attempt)
+                log.error("storage unreachable (%r); trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
         """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""

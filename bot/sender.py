@@ -4,35 +4,39 @@
   the chat and the bot): a send takes a slot when every scope allows it, else waits as long as the script
   says and asks again - nothing is dropped. Waiters on a shared scope queue in-process (one asks at a time).
 * A send that fails transiently (:class:`RetryLater`: 429, 5xx, timeout) is retried with exponential
-  backoff and full jitter, honouring the provider's ``retry_after``; after ``attempts`` tries it is logged,
-  counted and raised as :class:`DeliveryFailed` so the drain job retries later.
+  backoff and full jitter (:class:`~bot.retry.Backoff`), never sooner than the provider's ``retry_after``;
+  after ``attempts`` tries it is logged, counted and raised as :class:`DeliveryFailed` (carrying that
+  ``retry_after``) so the drain job retries later.
 * :class:`Unreachable` (the user blocked the bot) marks the conversation unreachable: nothing more is sent to
   it until the user writes again. :class:`PermanentSendError` is logged and counted, not retried.
-* Each delivered reply is recorded under ``keys.sent`` (event id + reply index) before the next one is sent,
-  so a retried job resumes after the last delivered reply. A crash between the provider accepting a message
-  and that record is the one window where a reply can repeat (VK alone is immune: its ``random_id``).
+* Each delivered reply is recorded under ``keys.sent`` (event id + reply index) right after the provider
+  accepts it and before the next one is sent (a Redis outage at that moment is waited out), so a retried job
+  resumes after the last delivered reply. A worker dying between the provider accepting a message and that
+  record is the one window where a reply can repeat (VK alone is immune: its ``random_id``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bot import keys, metrics
 from bot.exceptions import DeliveryFailed
+from bot.retry import Backoff
 from channels.base import ChannelName, InboundMessage, OutboundMessage
 from channels.exceptions import PermanentSendError, RetryLater, SendError, Unreachable
 from channels.ratelimit import LIMITS, RateLimit
 
 log = logging.getLogger(__name__)
 
-SENT_TTL_S = 7 * 86400  # as long as a provider may redeliver the inbound event
 UNREACHABLE_TTL_S = 180 * 86400
 
 
@@ -142,9 +146,9 @@ class RateLimiter:
         return int(wait_ms) / 1000, names[int(index) - 1] if shared else None
 
 
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter for the ``attempt``-th retry (0-based)."""
-    return random.uniform(0, min(cap, base * 2**attempt))
+SEND_RETRY = Backoff(base=0.5, cap=30.0, floor=0.25)
+RECORD_SENT_FOR_S = 30.0
+RECORD_RETRY = Backoff(base=0.1, cap=2.0, floor=0.05)
 
 
 class Sender:
@@ -154,16 +158,14 @@ class Sender:
         channel_for: Callable[[str, str], Outlet],
         *,
         attempts: int = 5,
-        base_delay: float = 0.5,
-        max_delay: float = 30.0,
+        retry: Backoff = SEND_RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,  # spends the retry backoffs
     ) -> None:
         self._redis = redis
         self._channel_for = channel_for
         self._limiter = RateLimiter(redis)
         self._attempts = attempts
-        self._base_delay = base_delay
-        self._max_delay = max_delay
+        self._retry = retry
         self._sleep = sleep
 
     async def deliver(self, replies: Sequence[OutboundMessage]) -> None:
@@ -190,10 +192,23 @@ class Sender:
             if not await self._send(reply):
                 await self._mark_unreachable(reply, conversation)
                 return
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(sent_key, str(reply.index))
-                pipe.expire(sent_key, SENT_TTL_S)
-                await pipe.execute()
+            await self._record_sent(sent_key, reply.index)
+
+    async def _record_sent(self, sent_key: str, index: int) -> None:
+        """Record a delivered reply. The provider has it, so a Redis blip here must not turn into a resend:
+        keep trying for :data:`RECORD_SENT_FOR_S` before giving up (the one window that resends it)."""
+        deadline = time.monotonic() + RECORD_SENT_FOR_S
+        for attempt in itertools.count():
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.sadd(sent_key, str(index))
+                    pipe.expire(sent_key, keys.TURN_TTL_S)
+                    await pipe.execute()
+                return
+            except (RedisError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(RECORD_RETRY.delay(attempt))
 
     async def ack(self, msg: InboundMessage) -> None:
         """Acknowledge a pressed button (see ``Channel.ack_button``). Counted against the account's rate; a
@@ -216,7 +231,7 @@ class Sender:
                 failure = exc
                 if attempt + 1 < self._attempts:
                     metrics.SEND_RETRIES.labels(reply.channel).inc()
-                    await self._sleep(exc.retry_after or backoff(attempt, self._base_delay, self._max_delay))
+                    await self._sleep(max(exc.retry_after or 0.0, self._retry.delay(attempt)))
         log.error(
             "%s/%s reply %s to %s failed after %d attempts: %s",
             reply.tenant,
@@ -227,7 +242,9 @@ class Sender:
             failure,
         )
         metrics.SENDS.labels(reply.channel, "failed").inc()
-        raise DeliveryFailed(f"{reply.channel} send failed after {self._attempts} attempts: {failure}") from failure
+        raise DeliveryFailed(
+            f"{reply.channel} send failed after {self._attempts} attempts: {failure}", retry_after=failure.retry_after
+        ) from failure
 
     async def _attempt(self, channel: Outlet, reply: OutboundMessage) -> bool:
         scopes = limits_for(reply.channel, reply.chat_id or reply.user_id)

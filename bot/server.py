@@ -335,7 +335,7 @@ async def serve(settings: Settings, *, host: str, port: int, in_process: bool | 
     import uvicorn
 
     run_in_process = drains_in_process(settings, in_process)
-    services = Services.build(await Runtime.start(settings), in_process=run_in_process)
+    services = Services.build(await Runtime.start_when_reachable(settings), in_process=run_in_process)
     app = create_app(settings, services=services)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     mode = "drains in this process" if run_in_process else "drains by `bookingbot worker`"

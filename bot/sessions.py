@@ -4,6 +4,11 @@
 version the caller loaded and writes only when they match, so two workers that loaded the same session cannot
 both save it (the loser gets :class:`~bot.exceptions.ConcurrentUpdate` and must reload and redo its turn).
 Every save refreshes the TTL, so a session expires ``ttl_seconds`` after the conversation's last turn.
+
+A turn's outcome is stored by the same script: the session (whose ``last_event`` names the message it answered)
+and that turn's replies (``keys.replies``) are written together or not at all. A worker that dies before the
+script redoes the whole turn (its effects are idempotent); one that dies after it finds the turn done and the
+replies to send (see :mod:`bot.worker`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from redis.asyncio import Redis
 
 from bot import keys
 from bot.exceptions import ConcurrentUpdate
+from bot.keys import TURN_TTL_S
 from dialogs.exceptions import SessionError
 from dialogs.session import Session
 
-# KEYS[1] session; ARGV[1] expected stored version (0: key must be absent), ARGV[2] new JSON, ARGV[3] TTL ms.
+# KEYS[1] session, KEYS[2] the turn's replies; ARGV[1] expected stored version (0: key must be absent), ARGV[2]
+# new JSON, ARGV[3] TTL ms, ARGV[4] the replies (JSON; '' stores none), ARGV[5] their TTL s.
 # Returns 1 written, 0 version mismatch, -1 stored value unreadable. cjson only reads the stored document's
 # version: matching it as text could hit a slot or attempt named "version".
 _SAVE = """
@@ -29,6 +36,7 @@ elseif expected ~= 0 then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end
 return 1
 """
 
@@ -55,11 +63,15 @@ class SessionStore:
             raise SessionError(f"{key}: holds the session of {session.tenant}/{session.conversation}")
         return session
 
-    async def save(self, session: Session) -> None:
-        """Write the session if nobody saved it since it was loaded; bumps ``session.version`` on success."""
+    async def save(self, session: Session, replies: str = "") -> None:
+        """Write the session if nobody saved it since it was loaded; bumps ``session.version`` on success.
+
+        ``replies`` (JSON) are stored in the same step as the replies to ``session.last_event``."""
         key = keys.session(session.tenant, session.conversation)
+        turn = keys.replies(session.tenant, session.conversation, session.last_event or "")
         payload = session.model_copy(update={"version": session.version + 1}).to_json()
-        status = await self._save(keys=[key], args=[session.version, payload, self._ttl_ms])
+        args: list[str | int] = [session.version, payload, self._ttl_ms, replies, TURN_TTL_S]
+        status = await self._save(keys=[key, turn], args=args)
         if status == 0:
             raise ConcurrentUpdate(f"{key}: saved by someone else since version {session.version} was loaded")
         if status != 1:

@@ -173,6 +173,9 @@ class Settings(Model):
     database_url: str | None = Field(default=None, description="unset: SQLite under data_dir")
     data_dir: str = "./var"
     session_ttl_days: int = Field(default=30, gt=0)
+    dead_letter_after_minutes: float = Field(
+        default=10, gt=0, description="how long a message may keep failing before it is dead-lettered"
+    )
     tenants: dict[TenantId, TenantConfig] = Field(min_length=1)
 
     @field_validator("redis_url", "database_url", mode="before")

@@ -56,7 +56,7 @@ async def _loop(pipeline: Pipeline, tenant: str, channel: ChannelName, user: str
             tenant=tenant, channel=channel, user_id=user, event_id=f"{user}-{counter}", text=text, button=pressed
         )
         turn = await pipeline.handle(msg, now or datetime.now(UTC))
-        outbound = turn.outbound(msg)
+        outbound = turn.outbound
         for out in outbound:
             print(terminal.render(out))
         buttons = tuple(b for out in outbound for b in out.buttons)

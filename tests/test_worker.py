@@ -20,9 +20,11 @@ from conftest import REDIS_URL
 from redis.asyncio import Redis
 
 from bot import keys
+from bot.deadletters import dead_letters, retry
 from bot.exceptions import DeliveryFailed
 from bot.inbox import Inbox
 from bot.ingest import DRAIN_JOB, Accepted, ArqQueue, Ingest, InProcess, Markers, Release, dumps_job, loads_job
+from bot.retry import Backoff
 from bot.sender import Limit, RateLimiter, Sender, limits_for
 from bot.worker import Drainer, make_worker
 from channels.base import InboundMessage, OutboundMessage, OutButton
@@ -276,11 +278,11 @@ async def test_5xx_backs_off_then_gives_up_loudly(
     redis: Redis, tenant: str, telegram: TelegramDouble, channel: TelegramChannel
 ) -> None:
     sleeps = Sleeps()
-    sender = Sender(redis, lambda t, c: channel, attempts=3, base_delay=0.5, max_delay=30, sleep=sleeps)
+    sender = Sender(redis, lambda t, c: channel, attempts=3, retry=Backoff(base=0.5, cap=30, floor=0.25), sleep=sleeps)
     telegram.fail_next(3, status=502)
     with pytest.raises(DeliveryFailed):
         await sender.deliver([reply(tenant, 0), reply(tenant, 1)])
-    assert len(sleeps.waits) == 2 and sleeps.waits[0] <= 0.5 and sleeps.waits[1] <= 1.0
+    assert len(sleeps.waits) == 2 and 0.25 <= sleeps.waits[0] <= 0.5 and 0.25 <= sleeps.waits[1] <= 1.0
     assert telegram.sent == []  # the second reply waits for the first: order holds on the retry
     await redis.delete(keys.rate(tenant, "telegram", "chat:42"))  # (the chat's 1/s is not under test here)
     await sender.deliver([reply(tenant, 0), reply(tenant, 1)])
@@ -393,18 +395,28 @@ async def test_failed_send_is_retried_without_rerunning_the_dialog(s: Stack, que
     assert not await s.services.runtime.redis.exists(keys.replies(s.a, f"telegram:{user}", f"{user}-0"))
 
 
-async def test_poison_message_is_dead_lettered_and_the_rest_goes_on(s: Stack, queue: str) -> None:
-    user, d = 600_000_200, drainer(s, max_failures=2)
+async def test_poison_message_is_dead_lettered_after_failing_for_long_enough(s: Stack, queue: str) -> None:
+    user, d = 600_000_200, drainer(s, dead_letter_after=1.0)
     job = await queued(s, hi(s, user, 0), hi(s, user, 1, "haircut"), queue=queue)
-    s.telegram.fail_next(2, status=502)  # both tries of the first message fail
-    assert await d.run(s.a, f"telegram:{user}", job) is not None
-    assert await d.run(s.a, f"telegram:{user}", job) is None
+    s.telegram.fail_next(3, status=502)  # the first message keeps failing
+    first_failure = time.monotonic()
+    delay = await d.run(s.a, f"telegram:{user}", job)
+    assert delay is not None and delay >= 1.0  # retried, never sooner than the floor
+    assert await d.run(s.a, f"telegram:{user}", job) is not None  # still within dead_letter_after: retried
+    await asyncio.sleep(max(0.0, first_failure + 1.1 - time.monotonic()))
+    assert await d.run(s.a, f"telegram:{user}", job) is None  # failing for over 1 s: dead-lettered, then on
     dead = await s.services.runtime.redis.lrange(keys.deadletter(s.a), 0, -1)  # type: ignore[misc]
     assert [json.loads(json.loads(e)["item"])["event_id"] for e in dead] == [f"{user}-0"]
     assert "DeliveryFailed" in json.loads(dead[0])["error"]
-    assert len(sent_to(s, user)) >= 1  # the second message was answered
+    answered = sent_to(s, user)
+    assert len(answered) >= 1 and not any("Demo Salon" in text for text in answered)  # only the second message
     assert await s.services.runtime.redis.get(keys.scheduled(s.a, f"telegram:{user}")) is None
-    await s.services.runtime.redis.delete(keys.deadletter(s.a))
+    # The operator's `bookingbot deadletters retry`: the turn was done, so its stored replies go out now.
+    [letter] = await dead_letters(s.services.runtime.redis, s.a)
+    assert f"telegram:{user} event {user}-0" in letter.line()
+    assert await retry(s.services, letter) == "re-sent"
+    assert any("Demo Salon" in text for text in sent_to(s, user)[len(answered) :])
+    assert await dead_letters(s.services.runtime.redis, s.a) == []
 
 
 async def test_unreadable_or_foreign_items_are_dead_lettered_at_once(s: Stack) -> None:

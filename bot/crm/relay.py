@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from bot.crm.outbox import Outbox, OutboxItem
 from bot.crm.sync import ErxesSync, Known
 from bot.exceptions import CrmError, CrmRejected, StorageError
-from bot.sender import backoff
+from bot.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ class OutboxRelay:
         self.outbox = outbox
         self._syncs = syncs
         self.poll_s = poll_s
-        self.base_delay = base_delay
-        self.max_delay = max_delay
+        self._backoff = Backoff(base=base_delay, cap=max_delay, floor=base_delay / 2)
         self.max_attempts = max_attempts
         self.batch = batch
         self._wake = asyncio.Event()
@@ -130,6 +129,6 @@ class OutboxRelay:
             log.error("crm outbox: giving up on row %s (%s of %s): %s", item.id, item.op, item.tenant, error)
             await self.outbox.fail(item, error)
             return
-        delay = backoff(item.attempts, self.base_delay, self.max_delay)
+        delay = self._backoff.delay(item.attempts)
         log.warning("crm outbox: row %s (%s) failed, retry in %.1fs: %s", item.id, item.op, delay, error)
         await self.outbox.postpone(item, error, timedelta(seconds=delay))
