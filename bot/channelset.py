@@ -15,23 +15,27 @@ from bot.settings import Settings, TenantConfig
 from bot.webchat import WebChat
 from channels.base import Channel
 from channels.exceptions import SendError
-from channels.telegram import TelegramChannel
-from channels.vk import VKChannel
-from channels.whatsapp import WhatsAppChannel
 
 # The label of WhatsApp's "open the list" button, in the tenant's language.
 LIST_BUTTON = {"en": "Choose", "ru": "Выбрать"}
 
 
 def build(tenant: TenantConfig) -> dict[str, Channel]:
-    """The adapters for one tenant's configured webhook channels, by channel name."""
+    """The adapters for one tenant's configured webhook channels, by channel name. Each adapter module (and
+    its SDK: aiogram costs seconds of CPU) is imported only when some tenant configures that channel."""
     config = tenant.channels
     built: dict[str, Channel] = {}
     if config.telegram is not None:
+        from channels.telegram import TelegramChannel
+
         built["telegram"] = TelegramChannel(config.telegram)
     if config.whatsapp is not None:
+        from channels.whatsapp import WhatsAppChannel
+
         built["whatsapp"] = WhatsAppChannel(config.whatsapp, list_button=LIST_BUTTON[tenant.locale])
     if config.vk is not None:
+        from channels.vk import VKChannel
+
         built["vk"] = VKChannel(config.vk)
     return built
 
@@ -47,6 +51,10 @@ class ChannelSet:
             return self._channels[tenant][channel]
         except KeyError:
             raise ChannelNotConfigured(f"{channel} is not configured for tenant {tenant!r}") from None
+
+    def of(self, tenant: str) -> dict[str, Channel]:
+        """A tenant's configured provider adapters, by channel name (the web chat is not among them)."""
+        return dict(self._channels.get(tenant, {}))
 
     def outlet(self, tenant: str, channel: str) -> Outlet:
         """Where replies on ``channel`` go for ``tenant`` (the web chat outbox for ``web``)."""

@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.config import check_config, config_path, load_config
 from bot.exceptions import ConfigError
-from bot.settings import Settings
 
-Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+# A command returns its exit status, or a coroutine giving it when it needs the event loop (importing asyncio
+# and uvloop is a measurable part of a short command's start-up).
+Command = Callable[[argparse.Namespace], int | Coroutine[Any, Any, int]]
+
+
+# Each command imports what it needs when it runs: `bookingbot --help` loads no pydantic model, YAML parser
+# or SDK (see bench/cli.py).
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from bot.config import config_path, load_config
+
     return load_config(config_path(args.config))
 
 
@@ -32,7 +40,9 @@ def _now(value: str | None) -> datetime:
     return moment
 
 
-async def cmd_check_config(args: argparse.Namespace) -> int:
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from bot.config import check_config, config_path
+
     problems = check_config(config_path(args.config))
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -41,8 +51,8 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-async def cmd_extract(args: argparse.Namespace) -> int:
-    from bot.runtime import tenant_profile
+def cmd_extract(args: argparse.Namespace) -> int:
+    from bot.profile import tenant_profile
     from dialogs.extract import ExtractContext, extract_all
 
     settings = _settings(args)
@@ -61,7 +71,7 @@ async def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_graph(args: argparse.Namespace) -> int:
+def cmd_graph(args: argparse.Namespace) -> int:
     from dialogs.graph import to_dot, to_mermaid
     from dialogs.loader import builtin_template
 
@@ -163,6 +173,10 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
+    if args.check:
+        from bot.heartbeat import check
+
+        return await check(_settings(args))
     from bot.worker import run_worker
 
     return await run_worker(_settings(args))
@@ -188,6 +202,22 @@ async def cmd_outbox(args: argparse.Namespace) -> int:
         print(describe(row))
     print(f"{sum(r.status == 'pending' for r in rows)} pending, {sum(r.status == 'failed' for r in rows)} failed")
     return 0
+async def cmd_poll(args: argparse.Namespace) -> int:
+    from bot.poll import poll
+
+    return await poll(_settings(args), args.tenant, in_process=True if args.workers_inprocess else None)
+
+
+async def cmd_bookings(args: argparse.Namespace) -> int:
+    from bot.runtime import Runtime
+    from bot.staff import print_bookings
+
+    runtime = await Runtime.start(_settings(args))
+    try:
+        runtime.tenant(args.tenant)  # ConfigError for an unknown tenant
+        return await print_bookings(runtime, args.tenant, args.day, args.week)
+    finally:
+        await runtime.aclose()
 
 
 async def cmd_deadletters(args: argparse.Namespace) -> int:
@@ -256,10 +286,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers-inprocess", action="store_true",
                    help="run drains in this process (always so without redis_url)")
-    command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
     p = command("outbox", cmd_outbox, "list pending and failed CRM outbox rows, or queue failed ones again")
     p.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     p.add_argument("--tenant", help="only this tenant (default: all)")
+    p = command("poll", cmd_poll, "talk to a tenant's Telegram / VK bot by long polling (no public URL needed)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--workers-inprocess", action="store_true",
+                   help="run drains in this process (always so without redis_url)")
+    p = command("worker", cmd_worker, "run the arq worker (drains: dialog turns and sends)")
+    p.add_argument("--check", action="store_true", help="exit 0 iff a worker's heartbeat is fresh (health check)")
+    p = command("bookings", cmd_bookings, "print a tenant's bookings of a day (default: today) or a week")
+    p.add_argument("--tenant", required=True)
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--day", type=date.fromisoformat, help="YYYY-MM-DD (the tenant's local date)")
+    when.add_argument("--week", action="store_true", help="the 7 days from today")
     p = command("deadletters", cmd_deadletters, "list inbound messages given up on, or send them through again")
     p.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
     p.add_argument("--tenant", help="only this tenant (default: all)")
@@ -269,21 +309,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run a command on uvloop where it is installed (it comes with uvicorn[standard] on Linux and macOS)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         command: Command = args.func
-        return _run(command(args))
+        outcome = command(args)
+        if isinstance(outcome, int):
+            return outcome
+        from bot.lifecycle import run
+
+        return run(outcome)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

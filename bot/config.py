@@ -23,7 +23,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
+from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor, SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
@@ -36,6 +36,7 @@ from dialogs.schema import Template
 
 ENV_VAR = "BOOKINGBOT_CONFIG"
 DEFAULT_PATH = Path("config.yaml")
+DOTENV = Path(".env")
 
 Loc = tuple[str | int, ...]
 Finding = tuple[Loc, str]  # where in the document (for the line) and the full message
@@ -46,8 +47,18 @@ _VAR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
 
 
 def config_path(cli_value: str | None) -> Path:
-    """``--config`` if given, else ``$BOOKINGBOT_CONFIG``, else ``./config.yaml``."""
+    """``--config`` if given, else ``$BOOKINGBOT_CONFIG``, else ``./config.yaml``; reads ``.env`` first."""
+    load_dotenv()
     return Path(cli_value or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load_dotenv(path: Path = DOTENV) -> None:
+    """``KEY=value`` lines of ``./.env`` into the environment, where a variable is not already set (the real
+    environment wins, as in compose). A missing file is fine: production passes real variables."""
+    if path.is_file():
+        import dotenv
+
+        dotenv.load_dotenv(path, override=False)
 
 
 def check_config(path: str | Path) -> list[Problem]:
@@ -60,19 +71,36 @@ def check_config(path: str | Path) -> list[Problem]:
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Parse, interpolate (``env`` defaults to the process environment) and validate; raise ConfigError."""
+    """Parse, interpolate (``env`` defaults to the process environment) and validate; raise ConfigError.
+
+    The file is read with the fast safe loader first; the round-trip reading, which knows every key's line
+    and finds duplicate keys, is done only when that fails or a problem needs its line."""
     file = str(path)
-    doc, problems = _parse(Path(path), file)
-    if doc is None:
+    text, problems = _read(Path(path), file)
+    if text is None:
         raise ConfigError(problems)
+    doc: Any = _quick_parse(text)
+    located: CommentedMap | None = None
+    if doc is None:
+        located, problems = _parse(text, file)
+        if located is None:
+            raise ConfigError(problems)
+        doc = located
+
+    def line(loc: Loc) -> int:
+        nonlocal located
+        if located is None:
+            located = _parse(text, file)[0]
+        return _line(located, loc) if located is not None else 1
+
     findings: list[Finding] = []
     data = _expand_tree(doc, os.environ if env is None else env, (), findings)
     unresolved = {loc for loc, _ in findings}
     settings, schema = _validate(data)
     findings += [(loc, message) for loc, message in schema if loc not in unresolved]
-    semantic, template_problems = _cross_check(data, lambda loc: _line(doc, loc))
+    semantic, template_problems = _cross_check(data, line)
     findings += semantic
-    problems += [Problem(file, _line(doc, loc), message) for loc, message in findings]
+    problems += [Problem(file, line(loc), message) for loc, message in findings]
     problems.sort(key=lambda p: p.line)
     problems += template_problems
     if problems or settings is None:
@@ -101,16 +129,39 @@ class _Constructor(RoundTripConstructor):
 _Constructor.add_constructor("tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str)
 
 
-def _parse(path: Path, file: str) -> tuple[CommentedMap | None, list[Problem]]:
-    """The document (None when it cannot be used at all) and the problems found while reading it."""
+class _QuickConstructor(SafeConstructor):
+    """Timestamps stay text, as in :class:`_Constructor`."""
+
+
+_QuickConstructor.add_constructor("tag:yaml.org,2002:timestamp", SafeConstructor.construct_yaml_str)
+
+
+def _quick_parse(text: str) -> dict[str, Any] | None:
+    """The document as plain data, or None for anything :func:`_parse` has to explain (bad YAML, duplicate
+    keys, a bad scalar, not a mapping)."""
+    yaml = YAML(typ="safe")
+    yaml.Constructor = _QuickConstructor
+    try:
+        doc = yaml.load(text)
+    except (YAMLError, ValueError, TypeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _read(path: Path, file: str) -> tuple[str | None, list[Problem]]:
     try:
         raw = path.read_bytes()
     except OSError as error:
         return None, [Problem(file, 0, f"cannot read the config: {error.strerror or error}")]
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), []
     except UnicodeDecodeError as error:
         return None, [Problem(file, raw.count(b"\n", 0, error.start) + 1, "not UTF-8 text")]
+
+
+def _parse(text: str, file: str) -> tuple[CommentedMap | None, list[Problem]]:
+    """The document with the line of each key (None when it cannot be used at all) and the problems found
+    while reading it."""
     yaml = YAML(typ="rt")
     yaml.Constructor = _Constructor
     yaml.allow_duplicate_keys = True  # found below from the node tree, all of them and with both lines
@@ -120,7 +171,11 @@ def _parse(path: Path, file: str) -> tuple[CommentedMap | None, list[Problem]]:
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         reason = error.problem or error.context
-        return None, [Problem(file, mark.line + 1 if mark else 1, f"invalid YAML: {reason}")]
+        line = mark.line + 1 if mark else 1
+        lines = text.splitlines()
+        if 0 < line <= len(lines) and "\t" in lines[line - 1]:
+            reason = f"{reason} (this line has a tab: use spaces, not tabs, to indent YAML)"
+        return None, [Problem(file, line, f"invalid YAML: {reason}")]
     except ReaderError as error:
         line = text.count("\n", 0, error.position) + 1
         return None, [Problem(file, line, f"invalid YAML: {error.reason}")]

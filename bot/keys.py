@@ -6,7 +6,7 @@ All keys start with ``bb:{tenant}:`` so tenants never share a key, and a whole t
 
 from __future__ import annotations
 
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import default_queue_name, health_check_key_suffix, job_key_prefix
 
 PREFIX = "bb"
 TURN_TTL_S = 7 * 86400
@@ -104,6 +104,12 @@ def job(job_id: str) -> str:
 
 JOB_QUEUE: str = default_queue_name
 """arq's default queue (a sorted set of job ids scored by run time in ms)."""
+
+
+def worker_heartbeat(queue: str) -> str:
+    """A running worker's heartbeat (arq's health-check key: refreshed by its poll loop with an expiry, deleted
+    when it stops); ``bookingbot worker --check`` reads it. Per queue, not per tenant: a worker serves all."""
+    return queue + health_check_key_suffix
 
 
 def scratch(tenant: str, name: str) -> str:

@@ -34,6 +34,11 @@ RATE_WAIT_SECONDS = Counter(
     "bookingbot_send_rate_wait_seconds_total", "Time sends waited for a rate limit", ["channel"]
 )
 WORKER_POLL_ERRORS = Counter("bookingbot_worker_poll_errors_total", "Worker queue polls that failed (Redis down)")
+LOG_BACKLOG = Gauge("bookingbot_message_log_backlog", "Message log rows waiting in memory to be written")
+LOG_WRITE_ERRORS = Counter("bookingbot_message_log_write_errors_total", "Message log writes that failed (retried)")
+LOG_DROPPED = Counter(
+    "bookingbot_message_log_dropped_total", "Message log rows given up on (each one logged)", ["reason"]
+)
 
 OUTBOX_ROWS = Gauge("bookingbot_crm_outbox_rows", "CRM outbox rows not yet delivered", ["status"])
 OUTBOX_AGE = Gauge(

@@ -59,7 +59,7 @@ class Pipeline:
         if session is None:
             session = tenant.engine.new_session(msg.conversation, customer=msg.conversation)
         elif session.last_event == msg.event_id:
-            return await self._answered(msg, session)
+            return await self._answered(msg, session, now)
         pressed = next((b.label for b in session.offered if msg.button and b.value == msg.button), None)
         turn = Turn(session)
         user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone, voice=msg.voice is not None)
@@ -71,10 +71,14 @@ class Pipeline:
         await effects.mirror(tenant, msg.conversation, pressed or msg.text, [r.text for r in turn.replies])
         return turn
 
-    async def _answered(self, msg: InboundMessage, session: Session) -> Turn:
-        """The turn of a message this session already answered, with the replies stored with it."""
+    async def _answered(self, msg: InboundMessage, session: Session, now: datetime) -> Turn:
+        """The turn of a message this session already answered, with the replies stored with it. Its log rows
+        are added again: a process that died after the turn was saved may not have written them (rows have
+        natural keys, so rows already written stay single)."""
         stored = await self.rt.redis.get(keys.replies(msg.tenant, msg.conversation, msg.event_id))
-        return Turn(session, duplicate=True, outbound=[] if stored is None else REPLIES.validate_json(stored))
+        turn = Turn(session, duplicate=True, outbound=[] if stored is None else REPLIES.validate_json(stored))
+        self._log(msg, turn, now, None)
+        return turn
 
     async def _apply(self, turn: Turn, tenant: Tenant, result: StepResult, now: datetime) -> None:
         """Collect replies, running effects; an effect's outcome may make the engine say more (and act again)."""
@@ -104,9 +108,10 @@ class Pipeline:
             event_id=msg.event_id,
         )
         self.rt.log.add(inbound)
-        for reply in turn.replies:
+        for seq, reply in enumerate(turn.outbound, start=1):
             self.rt.log.add(
                 inbound.model_copy(
                     update={"direction": "out", "text": reply.text, "button": None, "voice": None, "phone": None}
+                    | {"seq": seq}
                 )
             )

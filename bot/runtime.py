@@ -33,13 +33,14 @@ from bot.crm.sync import ErxesSync
 from bot.exceptions import ConfigError
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
+from bot.profile import tenant_profile
 from bot.retry import Backoff
 from bot.sessions import SessionStore
 from bot.settings import Settings, TenantConfig
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
-from dialogs.ports import ServiceInfo, TenantProfile
+from dialogs.ports import TenantProfile
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +54,6 @@ class Tenant:
     calendar: BookingBackend
     crm: CrmRecorder | None = None  # queues CRM work (None: no crm block)
     erxes: ErxesSync | None = None  # delivers it
-
-
-def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
-    services = tuple(
-        ServiceInfo(id=s.id, label=s.label, minutes=s.minutes, synonyms=tuple(s.synonyms)) for s in cfg.services
-    )
-    return TenantProfile(
-        id=tenant_id,
-        name=cfg.name,
-        locale=cfg.locale,
-        timezone=cfg.timezone,
-        services=services,
-        default_region=cfg.phone_region,
-        template=cfg.dialog.template,
-        texts=cfg.dialog.texts,
-        horizon_days=cfg.booking.horizon_days,
-    )
 
 
 def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:

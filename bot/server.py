@@ -17,6 +17,7 @@ WhatsApp ``X-Hub-Signature-256`` wrong or missing      401 (the GET handshake's 
 VK ``secret`` wrong (or another community's event)     403 (VK puts the secret in the body)
 unknown tenant, channel not configured for the tenant  404
 body over 1 MB (``Content-Length`` or streamed)        413
+body not received within 10 s (trickled)               408 (:mod:`bot.bodydeadline`)
 update type we do not handle                           200, ignored
 Redis unreachable                                      503 (the provider redelivers later)
 =====================================================  ==========================================
@@ -29,10 +30,12 @@ import contextlib
 import html
 import logging
 import re
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -40,6 +43,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from bot import metrics
+from bot.bodydeadline import BODY_TIMEOUT_S, BodyDeadline, BodyTimeout
 from bot.exceptions import ChannelNotConfigured
 from bot.ingest import Accepted, InProcess
 from bot.runtime import Runtime
@@ -52,14 +56,17 @@ from channels.exceptions import BadPayload, BadSignature
 from channels.whatsapp import WhatsAppChannel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHAT_TOKEN_HEADER = "X-Chat-Token"
 MAX_BODY = 1024 * 1024
 READY_TIMEOUT_S = 2.0
 BAD_SIGNATURE_STATUS = {"telegram": 401, "whatsapp": 401, "vk": 403}
-_USER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_USER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_MAX_AFTER = 2**62  # an outbox index; larger ones are no index Redis could hold
 _PAGE = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_FAVICON = (Path(__file__).parent / "static" / "favicon.svg").read_bytes()
 
 
 def _chat_page(fills: dict[str, str]) -> str:
@@ -80,6 +87,7 @@ class _Refused(Exception):
 class _State:
     services: Services | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set: open long polls answer now
 
     def require(self) -> Services:
         """The services, or a 503 while the app starts up."""
@@ -94,9 +102,16 @@ def drains_in_process(settings: Settings, in_process: bool | None) -> bool:
     return settings.redis_url is None if in_process is None else in_process
 
 
-def create_app(settings: Settings, *, services: Services | None = None, in_process: bool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    services: Services | None = None,
+    in_process: bool | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> FastAPI:
     """The app. Without ``services`` it starts its own :class:`Runtime` on startup (closed on shutdown);
-    ``in_process`` (default: embedded mode, i.e. no ``redis_url``) runs drains in this process."""
+    ``in_process`` (default: embedded mode, i.e. no ``redis_url``) runs drains in this process;
+    ``body_timeout_s``: how long a request body may take to arrive."""
     state = _State(services)
     run_in_process = drains_in_process(settings, in_process)
 
@@ -112,9 +127,13 @@ def create_app(settings: Settings, *, services: Services | None = None, in_proce
             await _stop(state, owned)
 
     app = FastAPI(title="bookingbot", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyDeadline, seconds=body_timeout_s)
+    app.add_exception_handler(BodyTimeout, _body_timeout)
+    app.state.stop_long_polls = state.stopping.set  # called by `serve` on SIGINT / SIGTERM
     _webhook_routes(app, state)
     _chat_routes(app, state)
     _ops_routes(app, state)
+    _staff_routes(app, state)
     return app
 
 
@@ -144,11 +163,15 @@ def _refusal(exc: _Refused) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status)
 
 
+async def _body_timeout(_request: Request, exc: Exception) -> Response:
+    return _refusal(_Refused(408, str(exc)))
+
+
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise _Refused(400, "bad Content-Length")
-    if declared is not None and int(declared) > MAX_BODY:
+    if declared is not None and (len(declared) > len(str(MAX_BODY)) or int(declared) > MAX_BODY):
         raise _Refused(413, "body over 1 MB")
     chunks: list[bytes] = []
     size = 0
@@ -268,7 +291,7 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
             services = known(tenant)
             user_id, after, wait_s = _poll_params(request)
             await _authorize(services, request, tenant, user_id)
-            replies = await services.webchat.wait(tenant, user_id, after, wait_s)
+            replies = await _unless_stopping(state, services.webchat.wait(tenant, user_id, after, wait_s))
         except _Refused as exc:
             return _refusal(exc)
         except RedisError as exc:
@@ -276,6 +299,19 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
             return _refusal(_Refused(503, "storage unavailable, retry later"))
         last = replies[-1].index if replies else after
         return JSONResponse({"replies": [r.model_dump() for r in replies], "last": last})
+
+
+async def _unless_stopping(state: _State, waiting: Coroutine[Any, Any, list[T]]) -> list[T]:
+    """A long poll's replies, or none as soon as the server is stopping: the page simply polls again, so a
+    shutdown neither waits for every open poll nor cancels them half-way (tracebacks, 500s)."""
+    poll, stop = asyncio.ensure_future(waiting), asyncio.ensure_future(state.stopping.wait())
+    try:
+        await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (poll, stop):
+            task.cancel()
+        await asyncio.gather(poll, stop, return_exceptions=True)
+    return poll.result() if poll.done() and not poll.cancelled() else []
 
 
 async def _authorize(services: Services, request: Request, tenant: str, user_id: str) -> None:
@@ -287,19 +323,53 @@ async def _authorize(services: Services, request: Request, tenant: str, user_id:
 def _poll_params(request: Request) -> tuple[str, int, float]:
     params = request.query_params
     user_id = params.get("user_id", "")
-    if not _USER_ID.match(user_id):
+    if not _USER_ID.fullmatch(user_id):
         raise _Refused(400, "user_id: 1-64 of A-Z a-z 0-9 _ . : -")
     try:
         after = int(params.get("after", "0"))
         wait_s = float(params.get("wait", str(MAX_WAIT_S)))
     except ValueError:
         raise _Refused(400, "after must be an integer and wait a number of seconds") from None
-    if after < 0 or not 0 <= wait_s <= MAX_WAIT_S:
+    if not 0 <= after <= _MAX_AFTER or not 0 <= wait_s <= MAX_WAIT_S:
         raise _Refused(400, f"after must be >= 0 and wait within 0-{MAX_WAIT_S:g}")
     return user_id, after, wait_s
 
 
+def _staff_routes(app: FastAPI, state: _State) -> None:
+    @app.get("/staff/{tenant}", response_class=HTMLResponse)
+    async def staff(tenant: str, request: Request) -> Response:
+        from bot.staff import StaffRefused, staff_page
+
+        try:
+            page = await staff_page(state.require().runtime, tenant, request.query_params.get("token"))
+        except _Refused as exc:
+            return _refusal(exc)
+        except StaffRefused as exc:
+            return _refusal(_Refused(exc.status, str(exc)))
+        return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
 def _ops_routes(app: FastAPI, state: _State) -> None:
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(_FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> Response:
+        """In embedded (demo) mode, the web chats to try; a production server has no public index."""
+        services = state.services
+        if services is None or services.runtime.settings.redis_url:
+            return _refusal(_Refused(404, "nothing here: see /chat/<tenant>"))
+        links = "".join(
+            f'<li><a href="chat/{html.escape(t)}">{html.escape(cfg.name)}</a> ({html.escape(cfg.locale)})</li>'
+            for t, cfg in services.runtime.settings.tenants.items()
+        )
+        return HTMLResponse(
+            '<!doctype html><html><head><meta charset="utf-8"><title>bookingbot demo</title>'
+            '<link rel="icon" href="favicon.ico"></head><body><h1>bookingbot demo</h1>'
+            f"<p>Web chats of the configured tenants:</p><ul>{links}</ul></body></html>"
+        )
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -331,25 +401,37 @@ def _ops_routes(app: FastAPI, state: _State) -> None:
 
 
 async def serve(settings: Settings, *, host: str, port: int, in_process: bool | None = None) -> int:
-    """``bookingbot serve``: uvicorn on ``host:port`` until interrupted."""
+    """``bookingbot serve``: uvicorn on ``host:port`` until SIGINT / SIGTERM (see :mod:`bot.lifecycle`)."""
     import uvicorn
 
+    from bot.lifecycle import PortBusy, listen, serve_forever
+
+    try:
+        sock = listen(host, port)
+    except PortBusy as exc:
+        print(exc, file=sys.stderr)
+        return 1
     run_in_process = drains_in_process(settings, in_process)
-    services = Services.build(await Runtime.start_when_reachable(settings), in_process=run_in_process)
+    try:
+        services = Services.build(await Runtime.start_when_reachable(settings), in_process=run_in_process)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(settings, services=services)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     mode = "drains in this process" if run_in_process else "drains by `bookingbot worker`"
-    print(f"bookingbot on http://{shown}:{port} ({mode})", flush=True)
-    for tenant in settings.tenants:
-        print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
     # Web chat long-polls (up to 25 s) would otherwise hold a shutdown for their whole wait.
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="warning", timeout_graceful_shutdown=3
     )
     freeze_startup_objects()  # after the runtime and tenants are built: they are long-lived too
     try:
-        await uvicorn.Server(config).serve()
+        print(f"bookingbot on http://{shown}:{port} ({mode}); Ctrl-C stops", flush=True)
+        for tenant in settings.tenants:
+            print(f"  web chat of {tenant}: http://{shown}:{port}/chat/{tenant}", flush=True)
+        await serve_forever(config, sock, on_stop=app.state.stop_long_polls)
     finally:
+        sock.close()
         await services.aclose()
         await services.runtime.aclose()
     return 0

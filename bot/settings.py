@@ -15,9 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from channels.telegram import TelegramSettings
-from channels.vk import VKSettings
-from channels.whatsapp import WhatsAppSettings
+from channels.settings import TelegramSettings, VKSettings, WhatsAppSettings
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))$")
@@ -166,6 +164,14 @@ class TenantConfig(Model):
     dialog: DialogConfig = Field(default_factory=DialogConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     crm: CrmConfig | None = Field(default=None, description="no crm block: no CRM")
+    staff_token: str | None = Field(
+        default=None, min_length=16, description="enables /staff/<tenant>?token=...: the read-only bookings page"
+    )
+
+    @field_validator("staff_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `${STAFF_TOKEN:-}` unset: no staff page
 
 
 class Settings(Model):

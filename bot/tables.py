@@ -70,7 +70,11 @@ class Message(SQLModel, table=True):
     """The message log: every inbound and outbound message, the source of ``bookingbot export``."""
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation", "tenant", "conversation", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation", "tenant", "conversation", "id"),
+        # A message's natural key: a retried batch (its commit unacknowledged) cannot write a row twice.
+        Index("uq_messages_key", "tenant", "conversation", "event_id", "direction", "seq", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=_AUTO_ID)
     tenant: str
@@ -84,6 +88,7 @@ class Message(SQLModel, table=True):
     phone: str | None = None  # a shared contact's phone number
     state: str | None = None  # dialog state after the turn
     event_id: str | None = None
+    seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # place in its turn: 0 in, n-th reply
 
 
 class BookingRow(SQLModel, table=True):

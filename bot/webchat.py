@@ -59,7 +59,8 @@ class WebChat:
 
     async def authorized(self, tenant: str, user_id: str, token: str | None) -> bool:
         """Whether ``token`` was issued for ``user_id`` by this tenant (constant-time comparison)."""
-        return token is not None and hmac.compare_digest(token, await self.token(tenant, user_id))
+        # As bytes: compare_digest refuses str with non-ASCII characters, and a header may carry any
+        return token is not None and hmac.compare_digest(token.encode(), (await self.token(tenant, user_id)).encode())
 
     async def _secret(self, tenant: str) -> bytes:
         if tenant not in self._secrets:

@@ -12,7 +12,7 @@ Crash safety (the at-least-once window is spelled out in the README):
   replies not yet recorded as sent (each is recorded right after the provider accepts it).
 * A dead worker's drains are picked up by any live worker within :data:`IN_PROGRESS_S` seconds: arq marks a
   running job with an in-progress key that, by default, lives for the job timeout + 10 s. Here it lives
-  :data:`IN_PROGRESS_S` and every running job renews it (:func:`heartbeat`), and the inbox lease is as short.
+  :data:`IN_PROGRESS_S` and every running job renews it (:func:`keeping_in_progress`), and the inbox lease is as short.
 * A Redis outage never ends the worker: arq's poll loop errors are logged and retried with backoff, and a
   failed start is retried the same way (:func:`run_worker`).
 
@@ -53,6 +53,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import keys, metrics
 from bot.channelset import ChannelSet
 from bot.exceptions import ChannelNotConfigured, ConfigError, DeliveryFailed, StorageError
+from bot.heartbeat import HEARTBEAT_S
 from bot.ingest import (
     DRAIN_JOB,
     ArqQueue,
@@ -246,7 +247,7 @@ class Services:
 Job = Callable[..., Coroutine[Any, Any, Any]]
 
 
-def heartbeat(job: Job) -> Job:
+def keeping_in_progress(job: Job) -> Job:
     """Run an arq job while renewing its in-progress key every third of :data:`IN_PROGRESS_S`, so the key
     outlives the job only briefly when its worker dies (and any live worker then runs the job again)."""
 
@@ -267,7 +268,7 @@ async def _renew(redis: Any, key: str) -> None:
         try:
             await redis.pexpire(key, IN_PROGRESS_S * 1000)
         except (RedisError, OSError) as exc:  # the next beat tries again before the key runs out
-            log.warning("%s: heartbeat failed: %r", key, exc)
+            log.warning("%s: in-progress renewal failed: %r", key, exc)
 
 
 async def drain(ctx: dict[str, Any], tenant: str, conversation: str) -> None:
@@ -280,7 +281,7 @@ async def drain(ctx: dict[str, Any], tenant: str, conversation: str) -> None:
 
 
 class ResilientWorker(Worker):
-    """arq's worker with a short in-progress key (renewed by :func:`heartbeat`) and a poll loop that outlives
+    """arq's worker with a short in-progress key (renewed by :func:`keeping_in_progress`) and a poll loop that outlives
     Redis outages: an error is logged and the next poll waits with backoff instead of ending the process."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -321,7 +322,7 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         problem = "the worker needs redis_url (REDIS_URL); without it `bookingbot serve` runs the jobs itself"
         raise ConfigError([Problem("<config>", 0, problem)])
     return {
-        "functions": [func(heartbeat(drain), name=DRAIN_JOB, max_tries=JOB_MAX_TRIES, timeout=JOB_TIMEOUT_S)],
+        "functions": [func(keeping_in_progress(drain), name=DRAIN_JOB, max_tries=JOB_MAX_TRIES, timeout=JOB_TIMEOUT_S)],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "queue_name": queue_name,
         "on_startup": _startup,
@@ -330,6 +331,8 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         "job_serializer": dumps_job,
         "job_deserializer": loads_job,
         "keep_result": 0,
+        "health_check_interval": HEARTBEAT_S,  # see bot/heartbeat.py
+        "health_check_key": keys.worker_heartbeat(queue_name),
         "max_jobs": 100,
         "poll_delay": 0.02,  # arq polls its queue; its default 0.5 s put the reply p50 at ~360 ms (bench/webhooks.py)
     }

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Literal, Protocol
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 ChannelName = Literal["telegram", "whatsapp", "vk", "web", "terminal"]
+
+# Bounds on what a webhook may carry, whoever sent it. A text is cut to the longest any channel allows (the
+# dialog's extractors cost time in proportion to it); ids, button data and phones longer than any provider's
+# are refused (a ValidationError, which each parser turns into BadPayload).
+MAX_TEXT = 4096
+MAX_ID = 256
+_LATEST_EPOCH_S = 2**33  # year 2242: later "sent at" times are no real time
+
+Id = Annotated[str, Field(max_length=MAX_ID)]
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]  # every provider's ids and times fit
+
+
+def _cut(text: str) -> str:
+    return text[:MAX_TEXT]
+
+
+Text = Annotated[str, AfterValidator(_cut)]
+
+
+def epoch(seconds: int | None) -> datetime | None:
+    """A provider's Unix time, or None when it is missing or outside any real range (never an OverflowError)."""
+    if seconds is None or not 0 <= seconds < _LATEST_EPOCH_S:
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 class MediaRef(BaseModel):
@@ -16,9 +40,9 @@ class MediaRef(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str
-    mime: str | None = None
-    url: str | None = None
+    id: Id
+    mime: Id | None = None
+    url: str | None = Field(default=None, max_length=2048)
 
 
 class InboundMessage(BaseModel):
@@ -26,17 +50,17 @@ class InboundMessage(BaseModel):
 
     tenant: str
     channel: ChannelName
-    user_id: str
-    event_id: str  # the provider's id of this event: the dedupe key
-    text: str = ""
-    button: str | None = None  # the pressed button's data
-    phone: str | None = None  # a shared contact
+    user_id: Id
+    event_id: Id  # the provider's id of this event: the dedupe key
+    text: Text = ""
+    button: Id | None = None  # the pressed button's data
+    phone: str | None = Field(default=None, max_length=64)  # a shared contact
     voice: MediaRef | None = None
     sent_at: datetime | None = None
-    chat_id: str | None = None  # where to answer, when it differs from user_id
+    chat_id: Id | None = None  # where to answer, when it differs from user_id
     # a pressed inline button still waiting for the provider's "answered" call (``Channel.ack_button``):
-    callback_id: str | None = None  # Telegram callback query id / VK message_event event_id
-    callback_message: str | None = None  # id of the message carrying the pressed keyboard
+    callback_id: Id | None = None  # Telegram callback query id / VK message_event event_id
+    callback_message: Id | None = None  # id of the message carrying the pressed keyboard
 
     @property
     def conversation(self) -> str:
@@ -102,3 +126,15 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         return value
     wanted = name.lower()
     return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
+@runtime_checkable
+class Pollable(Protocol):
+    """A channel whose updates can be fetched by long polling instead of a webhook (Telegram ``getUpdates``,
+    VK Bots Long Poll): what ``bookingbot poll`` drives. ``offset`` is opaque to the caller: pass back what
+    the last call returned, so that nothing is confirmed to the provider before it has been accepted."""
+
+    async def delete_webhook(self) -> None:
+        """Make the provider deliver to long polling (Telegram: drop the webhook; VK: enable Long Poll)."""
+
+    async def updates(self, tenant: str, offset: Any, wait_s: int) -> tuple[list[InboundMessage], Any]: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -28,18 +29,21 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import (
     AnswerCallbackQuery,
+    DeleteWebhook,
     EditMessageReplyMarkup,
     GetFile,
+    GetUpdates,
     SendMessage,
     SetWebhook,
     TelegramMethod,
 )
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from channels.base import (
     ChannelName,
     InboundMessage,
+    Int64,
     MediaRef,
     OutboundMessage,
     OutButton,
@@ -55,6 +59,7 @@ from channels.exceptions import (
     Unreachable,
 )
 from channels.render import layout, numbered, split_text, utf16_len
+from channels.settings import TelegramSettings
 
 T = TypeVar("T")
 
@@ -65,16 +70,7 @@ MAX_PER_ROW = 8
 _FAILURES = (TelegramAPIError, ClientDecodeError, aiohttp.ClientError, TimeoutError)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 UPDATES = ["message", "callback_query"]  # what set_webhook subscribes to
-
-
-class TelegramSettings(BaseModel):
-    """Same keys as ``channels.telegram`` in config.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    token: str = Field(pattern=r"^\d+:[A-Za-z0-9_-]+$")
-    webhook_secret: str = Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")  # Telegram's rule for secret_token
-    api_base: str = "https://api.telegram.org"
+_INT64: TypeAdapter[int] = TypeAdapter(Int64)
 
 
 class TelegramChannel:
@@ -82,6 +78,7 @@ class TelegramChannel:
 
     def __init__(self, settings: TelegramSettings, *, timeout: float = 10.0) -> None:
         self.settings = settings
+        self._timeout = timeout
         server = TelegramAPIServer.from_base(settings.api_base)
         self.bot = Bot(settings.token, session=AiohttpSession(api=server, timeout=timeout))
 
@@ -94,10 +91,9 @@ class TelegramChannel:
 
     def parse(self, tenant: str, body: bytes) -> ParseResult:
         try:
-            update = Update.model_validate_json(body)
+            msg = _inbound(tenant, Update.model_validate_json(body))
         except ValidationError as exc:
             raise BadPayload(f"not a Telegram update: {exc.errors()[0]['msg']}") from exc
-        msg = _inbound(tenant, update)
         return ParseResult(messages=[msg] if msg else [])
 
     async def send(self, msg: OutboundMessage) -> None:
@@ -136,12 +132,26 @@ class TelegramChannel:
         hook = SetWebhook(url=url, secret_token=self.settings.webhook_secret, allowed_updates=UPDATES)
         await self._call(hook)
 
+    async def delete_webhook(self) -> None:
+        """Long polling and a webhook exclude each other: getUpdates answers 409 while a webhook is set.
+        Pending updates are kept: the poller picks them up."""
+        await self._call(DeleteWebhook(drop_pending_updates=False))
+
+    async def updates(self, tenant: str, offset: int | None, wait_s: int) -> tuple[list[InboundMessage], int | None]:
+        """One ``getUpdates`` long poll (up to ``wait_s`` seconds): the messages and the offset that confirms
+        them on the next call. Calling again with an older offset gets the same updates again (and dedupe
+        drops those already accepted), so nothing is confirmed before the caller has accepted it."""
+        poll = GetUpdates(offset=offset, timeout=wait_s, allowed_updates=UPDATES)
+        updates = await self._call(poll, request_timeout=wait_s + math.ceil(self._timeout))
+        messages = [msg for update in updates if (msg := _inbound(tenant, update)) is not None]
+        return messages, (updates[-1].update_id + 1 if updates else offset)
+
     async def aclose(self) -> None:
         await self.bot.session.close()
 
-    async def _call(self, method: TelegramMethod[T]) -> T:
+    async def _call(self, method: TelegramMethod[T], request_timeout: int | None = None) -> T:
         try:
-            return await self.bot(method)
+            return await self.bot(method, request_timeout=request_timeout)
         except _FAILURES as exc:
             raise telegram_error(exc) from exc
 
@@ -175,7 +185,12 @@ def telegram_error(exc: BaseException) -> SendError:
 
 
 def _inbound(tenant: str, update: Update) -> InboundMessage | None:
+    """The update as a message; ids outside 64 bits (aiogram takes any integer) are a BadPayload."""
+    _INT64.validate_python(update.update_id)
     if update.message is not None:
+        _INT64.validate_python(update.message.chat.id)
+        if update.message.from_user is not None:
+            _INT64.validate_python(update.message.from_user.id)
         return _from_message(tenant, str(update.update_id), update.message)
     if update.callback_query is not None:
         return _from_callback(tenant, str(update.update_id), update.callback_query)
@@ -206,6 +221,9 @@ def _from_message(tenant: str, event_id: str, message: Message) -> InboundMessag
 def _from_callback(tenant: str, event_id: str, query: CallbackQuery) -> InboundMessage | None:
     if query.data is None:  # a game button: not ours
         return None
+    _INT64.validate_python(query.from_user.id)
+    if query.message is not None:
+        _INT64.validate_python(query.message.chat.id)
     on = query.message
     return InboundMessage(
         tenant=tenant,

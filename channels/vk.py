@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,10 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from channels.base import (
     ChannelName,
     InboundMessage,
+    Int64,
     MediaRef,
     OutboundMessage,
     OutButton,
     ParseResult,
+    epoch,
 )
 from channels.exceptions import (
     BadPayload,
@@ -38,27 +39,16 @@ from channels.exceptions import (
     Unreachable,
 )
 from channels.render import layout, numbered, shorten, split_text
+from channels.settings import VKSettings
 
 TEXT_LIMIT = 4096
+PAYLOAD_LIMIT = 255  # characters of a keyboard button's payload
 MAX_BUTTONS, MAX_ROWS, MAX_PER_ROW, LABEL_LIMIT = 10, 6, 5, 40  # inline keyboard
 OK = "ok"
 WEBHOOK_TITLE = "bookingbot"  # the callback server's name in the community settings (VK allows 14 chars)
 
 _BACKOFF = {1, 6, 9, 10}  # unknown error, too many requests per second, flood control, internal server error
 _UNREACHABLE = {900, 901, 902}  # user blacklisted us, has not allowed messages, privacy settings
-
-
-class VKSettings(BaseModel):
-    """Same keys as ``channels.vk`` in config.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    group_id: int
-    access_token: str
-    secret: str
-    confirmation: str
-    api_base: str = "https://api.vk.com/method"
-    api_version: str = "5.199"
 
 
 class VKChannel:
@@ -69,9 +59,14 @@ class VKChannel:
         self.http = httpx.AsyncClient(timeout=timeout)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        """VK signs nothing: the community's ``secret`` travels in the body of every event."""
+        """VK signs nothing: the community's ``secret`` travels in the body of events. VK does not promise it
+        on ``confirmation`` (which only hands out the public confirmation string): one without a secret is
+        answered when the community matches; a wrong secret is refused on every event."""
         event = _event(body)
-        if not hmac.compare_digest(event.secret.encode(), self.settings.secret.encode()):
+        unsigned_confirmation = event.secret is None and event.type == "confirmation"
+        if not unsigned_confirmation and not hmac.compare_digest(
+            (event.secret or "").encode(), self.settings.secret.encode()
+        ):
             raise BadSignature("wrong secret")
         if event.group_id != self.settings.group_id:
             raise BadSignature(f"event for community {event.group_id}, not {self.settings.group_id}")
@@ -129,6 +124,39 @@ class VKChannel:
             await self._method("groups.editCallbackServer", server | {"server_id": server_id})
         settings = {"group_id": group, "server_id": server_id, "api_version": self.settings.api_version}
         await self._method("groups.setCallbackSettings", settings | {"message_new": 1, "message_event": 1})
+
+    async def delete_webhook(self) -> None:
+        """Turn the community's Bots Long Poll on for the events we read (the callback server, if any, keeps
+        receiving them too: dedupe by event id makes the second copy a no-op)."""
+        settings = {"group_id": self.settings.group_id, "enabled": 1, "api_version": self.settings.api_version}
+        await self._method("groups.setLongPollSettings", settings | {"message_new": 1, "message_event": 1})
+
+    async def updates(
+        self, tenant: str, offset: LongPollServer | None, wait_s: int
+    ) -> tuple[list[InboundMessage], LongPollServer | None]:
+        """One Bots Long Poll request (up to ``wait_s`` seconds). ``offset`` is the server, key and ``ts`` the
+        last call returned (None: ask ``groups.getLongPollServer`` for them)."""
+        server = offset or LongPollServer.model_validate(
+            await self._method("groups.getLongPollServer", {"group_id": self.settings.group_id})
+        )
+        query = {"act": "a_check", "key": server.key, "ts": str(server.ts), "wait": str(wait_s)}
+        try:
+            response = await self.http.get(server.server, params=query, timeout=wait_s + 10.0)
+        except httpx.HTTPError as exc:
+            raise vk_error(exc) from exc
+        if not response.is_success:
+            raise vk_error(response)
+        try:
+            answer = _LongPollAnswer.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise RetryLater(f"VK long poll: unexpected answer {response.text[:200]!r}") from exc
+        if answer.failed in (2, 3):  # the key expired, or key and ts are lost: a new server next time
+            return [], None
+        later = server.model_copy(update={"ts": answer.ts if answer.ts is not None else server.ts})
+        if answer.failed:  # 1: events were lost from the history; go on from the ts given
+            return [], later
+        messages = [msg for event in answer.updates if (msg := _inbound(tenant, event)) is not None]
+        return messages, later
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -207,15 +235,15 @@ class _Loose(BaseModel):
 
 class _Event(_Loose):
     type: str
-    group_id: int
+    group_id: Int64
     event_id: str = ""
-    secret: str = ""
+    secret: str | None = None
     object: dict[str, Any] = Field(default_factory=dict)
 
 
 class _AudioMessage(_Loose):
-    id: int
-    owner_id: int
+    id: Int64
+    owner_id: Int64
     link_ogg: str | None = None
 
 
@@ -225,9 +253,9 @@ class _Attachment(_Loose):
 
 
 class _Message(_Loose):
-    from_id: int
-    peer_id: int
-    date: int | None = None
+    from_id: Int64
+    peer_id: Int64
+    date: int | None = None  # any integer: epoch() ignores impossible times
     text: str = ""
     payload: str | None = None
     attachments: list[_Attachment] = Field(default_factory=list)
@@ -238,11 +266,25 @@ class _NewMessage(_Loose):
 
 
 class _ButtonEvent(_Loose):
-    user_id: int
-    peer_id: int
+    user_id: Int64
+    peer_id: Int64
     event_id: str
     payload: Any = None
-    conversation_message_id: int | None = None
+    conversation_message_id: Int64 | None = None
+
+
+class LongPollServer(_Loose):
+    """Where the community's Bots Long Poll is read (``groups.getLongPollServer``)."""
+
+    key: str
+    server: str
+    ts: str | int
+
+
+class _LongPollAnswer(_Loose):
+    ts: str | int | None = None
+    failed: int | None = None
+    updates: list[_Event] = Field(default_factory=list)
 
 
 def _event(body: bytes) -> _Event:
@@ -281,7 +323,7 @@ def _from_message(tenant: str, event_id: str, message: _Message) -> InboundMessa
         text="" if button is not None else message.text,
         button=button,
         voice=voice,
-        sent_at=datetime.fromtimestamp(message.date, UTC) if message.date is not None else None,
+        sent_at=epoch(message.date),
     )
 
 
@@ -306,8 +348,12 @@ def _voice(audio: _AudioMessage) -> MediaRef:
 
 
 def _json(raw: str | None) -> Any:
+    """A button's JSON payload; VK caps payloads at 255 characters, so a longer one is no button of ours
+    (and cannot nest deep enough to exhaust the parser's recursion)."""
+    if not raw or len(raw) > PAYLOAD_LIMIT:
+        return None
     try:
-        return json.loads(raw) if raw else None
+        return json.loads(raw)
     except ValueError:
         return None
 

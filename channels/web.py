@@ -10,7 +10,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from channels.base import InboundMessage, OutboundMessage, ParseResult
+from channels.base import InboundMessage, OutboundMessage, ParseResult, Text
 from channels.exceptions import BadPayload
 
 _ID = r"^[A-Za-z0-9_.:-]+$"
@@ -22,7 +22,7 @@ class WebInbound(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     user_id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    text: str = Field(default="", max_length=4096)
+    text: Text = ""  # cut to MAX_TEXT, like every channel's
     button: str | None = Field(default=None, min_length=1, max_length=64)
     event_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=_ID)
 

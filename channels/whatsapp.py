@@ -16,7 +16,6 @@ import hmac
 import logging
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
@@ -29,6 +28,7 @@ from channels.base import (
     OutboundMessage,
     OutButton,
     ParseResult,
+    epoch,
     header,
 )
 from channels.exceptions import (
@@ -40,6 +40,7 @@ from channels.exceptions import (
     Unreachable,
 )
 from channels.render import numbered, shorten, split_text
+from channels.settings import WhatsAppSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,6 @@ _BACKOFF = {1, 2, 4, 80007, 130429, 131000, 131056, 133004}
 _OUTSIDE_WINDOW = 131047  # more than 24 h since the user's last message: only templates may be sent
 _UNDELIVERABLE = 131026
 _PUNCTUATION = re.compile(r"[\s().-]")  # shared contacts come formatted: "+44 7700 900123"
-
-
-class WhatsAppSettings(BaseModel):
-    """Same keys as ``channels.whatsapp`` in config.yaml."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    phone_number_id: str
-    access_token: str
-    app_secret: str
-    verify_token: str
-    graph_base: str = "https://graph.facebook.com"
-    graph_version: str = "v21.0"
 
 
 class WhatsAppChannel:
@@ -108,16 +96,16 @@ class WhatsAppChannel:
         (Meta sends them to the same app) are skipped."""
         try:
             hook = _Webhook.model_validate_json(body)
+            messages = [
+                msg
+                for entry in hook.entry
+                for change in entry.changes
+                if change.field == "messages" and change.value.phone_number_id == self.settings.phone_number_id
+                for message in change.value.messages
+                if (msg := _inbound(tenant, message, change.value.contacts)) is not None
+            ]
         except ValidationError as exc:
             raise BadPayload(f"not a WhatsApp webhook: {exc.errors()[0]['msg']}") from exc
-        messages = [
-            msg
-            for entry in hook.entry
-            for change in entry.changes
-            if change.field == "messages" and change.value.phone_number_id == self.settings.phone_number_id
-            for message in change.value.messages
-            if (msg := _inbound(tenant, message, change.value.contacts)) is not None
-        ]
         return ParseResult(messages=messages)
 
     async def send(self, msg: OutboundMessage) -> None:
@@ -263,7 +251,7 @@ class _Message(_Loose):
     type: str
     sender: str | None = Field(default=None, alias="from")
     from_user_id: str | None = None
-    timestamp: int | None = None
+    timestamp: int | None = None  # any integer: epoch() ignores impossible times
     text: _Text | None = None
     interactive: _Interactive | None = None
     button: _QuickReply | None = None
@@ -310,14 +298,13 @@ def _inbound(tenant: str, message: _Message, senders: list[_Sender]) -> InboundM
     if content is None or who is None:
         return None
     user_id, phone = who
-    sent_at = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp is not None else None
     return InboundMessage(
         tenant=tenant,
         channel="whatsapp",
         user_id=user_id,
         chat_id=phone if phone != user_id else None,
         event_id=message.id,
-        sent_at=sent_at,
+        sent_at=epoch(message.timestamp),
         **content,
     )
 

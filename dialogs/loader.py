@@ -33,12 +33,31 @@ Finding = tuple[Loc, str]
 
 
 def load_template(path: Path) -> Template:
-    """Load and check one template file; raises :class:`TemplateError` listing every problem found."""
+    """Load and check one template file; raises :class:`TemplateError` listing every problem found.
+
+    A valid template is read with the fast (C, when ``ruamel.yaml.clib`` is installed) safe loader; only a
+    template with a problem is read again with the round-trip loader, which knows the line of every key."""
     file = str(path)
     try:
-        doc = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TemplateError([Problem(file, 0, f"cannot read template: {exc.strerror or exc}")]) from exc
+    template = _valid_or_none(text)
+    return build(template if template is not None else _load_located(text, file), file)
+
+
+def _valid_or_none(text: str) -> Template | None:
+    try:
+        template = Template.model_validate(YAML(typ="safe").load(text))
+    except (YAMLError, ValidationError, ValueError):
+        return None
+    return None if next(check(template), None) else template
+
+
+def _load_located(text: str, file: str) -> Template:
+    """The template, or :class:`TemplateError` with each problem at its line."""
+    try:
+        doc = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         raise TemplateError([Problem(file, line, f"invalid YAML: {exc.problem}")]) from exc
@@ -53,7 +72,7 @@ def load_template(path: Path) -> Template:
     findings = list(check(template))
     if findings:
         raise TemplateError([Problem(file, _line(doc, loc), msg) for loc, msg in findings])
-    return build(template, file)
+    return template
 
 
 @cache

@@ -25,9 +25,7 @@ from bot.runtime import Runtime
 from bot.server import create_app
 from bot.settings import ChannelsConfig, Settings
 from bot.worker import Services
-from channels.telegram import TelegramSettings
-from channels.vk import VKSettings
-from channels.whatsapp import WhatsAppSettings
+from channels.settings import TelegramSettings, VKSettings, WhatsAppSettings
 from tests.doubles.telegram import TelegramDouble
 from tests.doubles.vk import VKDouble
 from tests.doubles.whatsapp import WhatsAppDouble

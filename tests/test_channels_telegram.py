@@ -16,7 +16,8 @@ from doubles.telegram import TelegramDouble
 from channels.base import InboundMessage, MediaRef, OutboundMessage, OutButton
 from channels.exceptions import BadPayload, BadSignature, PermanentSendError, RetryLater, Unreachable
 from channels.render import utf16_len
-from channels.telegram import TelegramChannel, TelegramSettings
+from channels.settings import TelegramSettings
+from channels.telegram import TelegramChannel
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "channels" / "telegram"
 TOKEN, SECRET, CHAT = "123456:TEST-token", "tg-secret_1", "111222333"

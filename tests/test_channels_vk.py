@@ -16,7 +16,8 @@ from doubles.vk import VKDouble
 
 from channels.base import InboundMessage, MediaRef, OutboundMessage, OutButton
 from channels.exceptions import BadPayload, BadSignature, PermanentSendError, RetryLater, Unreachable
-from channels.vk import VKChannel, VKSettings, random_id
+from channels.settings import VKSettings
+from channels.vk import VKChannel, random_id
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "channels" / "vk"
 GROUP, TOKEN, SECRET, CONFIRMATION = 218412345, "vk1.a.community-token", "vk-secret-1", "1a2b3c4d"

@@ -17,7 +17,8 @@ from doubles.whatsapp import WhatsAppDouble, signature
 
 from channels.base import InboundMessage, MediaRef, OutboundMessage, OutButton
 from channels.exceptions import BadPayload, BadSignature, PermanentSendError, RetryLater
-from channels.whatsapp import WhatsAppChannel, WhatsAppSettings
+from channels.settings import WhatsAppSettings
+from channels.whatsapp import WhatsAppChannel
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "channels" / "whatsapp"
 PHONE_ID, TOKEN, APP_SECRET, VERIFY = "106540352242922", "EAAG-test-token", "app-secret-1", "verify-me"

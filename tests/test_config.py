@@ -255,7 +255,8 @@ def test_a_missing_file(tmp_path: Path) -> None:
         ("data_dir: a\nsession_ttl_days: !!int x\n", (2, "invalid YAML: invalid value 'x': "
                                                          "invalid literal for int() with base 10: 'x'")),
         ("data_dir: a\n\tsession_ttl_days: 3\n",
-         (2, "invalid YAML: found character '\\t' that cannot start any token")),
+         (2, "invalid YAML: found character '\\t' that cannot start any token "
+             "(this line has a tab: use spaces, not tabs, to indent YAML)")),
         ("data_dir: a\nx: b\x01\n", (2, "invalid YAML: special characters are not allowed")),
     ],
 )  # fmt: skip
@@ -289,3 +290,4 @@ def test_a_bad_config_leaves_an_earlier_one_untouched() -> None:
         load_config(CONFIGS / "many.yaml", env={})
     assert good.model_dump() == before
     assert load_config(SHIPPED, env={}) == good
+

@@ -27,8 +27,8 @@ from bot.tables import Conversation, Customer, Message
 
 # Every table bot/tables.py declares must exist after migrating, at the newest revision (several issues add both).
 TABLES = set(SQLModel.metadata.tables) | {"alembic_version"}
-HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 BOT_DIR = Path(db.__file__).resolve().parent
+HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,7 @@ async def _count(engine: AsyncEngine, tenant: str) -> int:
 async def test_log_round_trip_in_order(pg_engine: AsyncEngine, tenant: str) -> None:
     log = MessageLog(pg_engine)
     rows = [message(tenant, n, direction="in" if n % 2 else "out") for n in range(5)]
-    rows.append(LoggedMessage(**{**rows[0].model_dump(), "button": "slot:17:00", "phone": "+447700900123"}))
+    rows.append(LoggedMessage(**{**rows[0].model_dump(), "seq": 1, "button": "slot:17:00", "phone": "+447700900123"}))
     for row in rows:
         log.add(row)
     log.add(message(tenant, 99, conversation="telegram:other"))

@@ -7,9 +7,11 @@ buttons the bot offers, which are free on whatever day the test runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -17,10 +19,13 @@ import pytest
 from _stack import ROOT, serve_app
 from playwright.async_api import BrowserContext, Error, Locator, Page, Request, async_playwright, expect
 
+from bot.booking.base import BookRequest
 from bot.config import load_config
+from bot.ingest import InProcess
 from bot.runtime import Runtime
 from bot.server import create_app
 from bot.worker import Services
+from channels.base import InboundMessage
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -33,6 +38,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 PHONE = "+447700900123"
+STAFF_TOKEN = "staff-token-of-the-test-salon"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 
@@ -50,7 +56,8 @@ async def chat(services_env: dict[str, str]) -> AsyncIterator[Chat]:
     """The real server for a fresh copy of the demo tenant; drains in process, real clock."""
     base = load_config(ROOT / "config.yaml", env=services_env)
     tenant = f"web-{uuid4().hex[:10]}"
-    settings = base.model_copy(update={"tenants": {tenant: base.tenants["demo"]}})
+    demo = base.tenants["demo"].model_copy(update={"staff_token": STAFF_TOKEN})
+    settings = base.model_copy(update={"tenants": {tenant: demo}})
     runtime = await Runtime.start(settings)
     services = Services.build(runtime, in_process=True)
     server, task, url = await serve_app(create_app(settings, services=services))
@@ -101,6 +108,7 @@ async def press_first_chip(page: Page, asking: str) -> str:
     await expect(last_bot(page)).to_contain_text(asking)
     replies = page.locator("#log .msg.bot:not(.typing)")
     chips = replies.nth(await replies.count() - 1).locator(".chips button")  # this one, not the next reply
+    await expect(chips.last).to_be_in_viewport()  # the newest buttons are scrolled into view
     label = await chips.first.inner_text()
     await chips.first.click()
     for i in range(await chips.count()):  # the keyboard is spent: no second answer to the same question
@@ -160,3 +168,47 @@ async def test_a_customer_books_through_the_page(chat: Chat, browser: BrowserCon
     await expect(last_bot(page)).to_contain_text("Done! You're booked")
     await expect(page.locator("#log .msg.bot", has_text="Done!")).to_have_count(1)
     assert errors == []
+
+
+async def test_a_long_paste_shows_the_limit(chat: Chat, browser: BrowserContext) -> None:
+    page = browser.pages[0]
+    await page.goto(chat.url)
+    await page.get_by_label("Message").fill("x" * 5000)  # what a paste does: the field keeps maxlength
+    await expect(page.locator("#limit")).to_contain_text("4096 / 4096 characters: the limit, the rest was cut")
+    await page.get_by_label("Message").fill("short")
+    await expect(page.locator("#limit")).to_be_hidden()
+
+
+async def test_staff_page_shows_bookings_and_conversations(chat: Chat, browser: BrowserContext) -> None:
+    tenant = chat.runtime.tenants[chat.tenant]
+    now = datetime.now(UTC)
+    today = now.astimezone(tenant.profile.tz).date()
+    free = await tenant.calendar.free_slots("manicure", today + timedelta(days=1), today + timedelta(days=7), now)
+    booking = await tenant.calendar.book(BookRequest(
+        key=f"staff-{uuid4().hex}", customer="web:staff-check", service="manicure", start=free[0],
+        name="Staff Check", phone=PHONE,
+    ))  # fmt: skip
+    user = f"staff-{uuid4().hex[:8]}"
+    hello = InboundMessage(tenant=chat.tenant, channel="web", user_id=user, event_id=uuid4().hex, text="hi")
+    await chat.services.ingest.accept(hello)
+    scheduler = chat.services.ingest.scheduler
+    assert isinstance(scheduler, InProcess)
+    await asyncio.wait_for(scheduler.idle(), 60)
+
+    page = browser.pages[0]
+    base = chat.url.replace("/chat/", "/staff/")
+    refused = await page.goto(f"{base}?token=wrong-token-0000000")
+    assert refused is not None and refused.status == 401
+    shown = await page.goto(f"{base}?token={STAFF_TOKEN}")
+    assert shown is not None and shown.status == 200
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Demo Salon")
+    start = booking.start.astimezone(tenant.profile.tz)
+    row = page.locator("#upcoming tr", has_text="Staff Check")
+    await expect(row).to_contain_text(f"{start:%a %d %b %H:%M}")
+    await expect(row).to_contain_text("manicure")
+    talk = page.locator("#conversations tr", has_text=f"web:{user}")
+    await expect(talk.locator(".state")).not_to_have_text("ended")  # the live session's state
+    session = await chat.runtime.sessions.load(chat.tenant, f"web:{user}")
+    assert session is not None and await talk.locator(".state").inner_text() == session.state
+    icon = await page.goto(chat.url.replace(f"/chat/{chat.tenant}", "/favicon.ico"))
+    assert icon is not None and icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")

@@ -28,7 +28,8 @@ from bot.retry import Backoff
 from bot.sender import Limit, RateLimiter, Sender, limits_for
 from bot.worker import Drainer, make_worker
 from channels.base import InboundMessage, OutboundMessage, OutButton
-from channels.telegram import TelegramChannel, TelegramSettings
+from channels.settings import TelegramSettings
+from channels.telegram import TelegramChannel
 from tests.doubles.telegram import TelegramDouble
 
 TOKEN = "123456:test-token"

@@ -3,11 +3,15 @@
 downloads at ``/file/bot<token>/<file_path>``.
 
 Implemented methods: getMe, sendMessage, answerCallbackQuery, editMessageReplyMarkup, getFile, setWebhook,
-getWebhookInfo, deleteWebhook. Unlike the real API, ``setWebhook`` accepts plain-http loopback urls.
+getWebhookInfo, deleteWebhook, getUpdates. Unlike the real API, ``setWebhook`` accepts plain-http loopback urls.
+``getUpdates`` long-polls updates queued with ``queue_update`` as the Bot API does: 409 while a webhook is set,
+``offset`` confirms (forgets) every earlier update, ``timeout`` waits for one to arrive.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -47,6 +51,9 @@ class TelegramDouble(Double):
         self.answered: list[str] = []  # answered callback query ids
         self.keyboards: dict[tuple[str, int], Any] = {}  # (chat, message_id) -> current reply_markup
         self._ids = itertools.count(1)
+        self.pending: dict[str, list[dict[str, Any]]] = {}  # token -> updates not yet confirmed
+        self._update_ids = itertools.count(1)
+        self._arrived = asyncio.Event()
         self._methods: dict[str, Callable[[str, dict[str, Any]], Any]] = {
             "getme": self._get_me,
             "sendmessage": self._send_message,
@@ -65,6 +72,13 @@ class TelegramDouble(Double):
         self.sent.clear()
         self.answered.clear()
         self.keyboards.clear()
+
+    def queue_update(self, token: str, update: Mapping[str, Any]) -> int:
+        """Queue an update for ``getUpdates`` (an ``update_id`` is given when it has none); returns its id."""
+        queued = {"update_id": next(self._update_ids), **update}
+        self.pending.setdefault(token, []).append(queued)
+        self._arrived.set()
+        return int(queued["update_id"])
 
     def block(self, chat_id: int | str) -> None:
         self.blocked.add(str(chat_id))
@@ -89,6 +103,8 @@ class TelegramDouble(Double):
             failure = self._take_failure()
             if failure is not None:
                 raise _injected(failure)
+            if name.lower() == "getupdates":
+                return web.json_response({"ok": True, "result": await self._get_updates(token, call.params)})
             method = self._methods.get(name.lower())  # Bot API method names are case-insensitive
             if method is None:
                 raise Refused(404, "Not Found")
@@ -181,7 +197,30 @@ class TelegramDouble(Double):
 
     def _delete_webhook(self, token: str, params: dict[str, Any]) -> Any:
         self.webhooks.pop(token, None)
+        if str(params.get("drop_pending_updates", "")).lower() == "true":
+            self.pending.pop(token, None)
         return True
+
+    async def _get_updates(self, token: str, params: dict[str, Any]) -> Any:
+        if token in self.webhooks:
+            raise Refused(
+                409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete "
+                "the webhook first"
+            )
+        offset, timeout = int(params.get("offset") or 0), float(params.get("timeout") or 0)
+        limit = min(100, int(params.get("limit") or 100))
+        allowed = params.get("allowed_updates")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            queue = self.pending.setdefault(token, [])
+            queue[:] = [u for u in queue if u["update_id"] >= offset]  # an offset confirms everything before it
+            ready = [u for u in queue if not allowed or any(kind in u for kind in allowed)]
+            left = deadline - asyncio.get_running_loop().time()
+            if ready or left <= 0:
+                return ready[:limit]
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
 
 
 def _decode(params: dict[str, Any]) -> None:

@@ -6,10 +6,17 @@ Implemented methods: messages.send (with VK's ``random_id`` de-duplication and k
 messages.sendMessageEventAnswer, groups.getCallbackServers, groups.addCallbackServer,
 groups.editCallbackServer, groups.setCallbackSettings, groups.getCallbackConfirmationCode. Adding or editing a
 callback server sends it a ``confirmation`` event, as VK does.
+
+Bots Long Poll: groups.setLongPollSettings, groups.getLongPollServer (a ``server`` URL on this double, a
+``key`` and a ``ts``) and that server's ``?act=a_check&key=&ts=&wait=``: the events queued with
+``queue_event`` after ``ts``, waiting up to ``wait`` seconds for one; ``{"failed": 2}`` for a key that
+``expire_keys`` made stale, ``{"failed": 1, "ts": ...}`` for a ``ts`` from the future.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import uuid
@@ -55,6 +62,9 @@ class Group:
     confirmation: str
     servers: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[int, dict[str, Any]] = field(default_factory=dict)  # server id -> setCallbackSettings
+    long_poll: dict[str, Any] = field(default_factory=dict)  # the last setLongPollSettings
+    events: list[dict[str, Any]] = field(default_factory=list)  # long poll history; event n has ts n + 1
+    key: str = ""
 
 
 class VKDouble(Double):
@@ -74,7 +84,11 @@ class VKDouble(Double):
             "groups.getCallbackServers": self._servers,
             "groups.getCallbackConfirmationCode": self._confirmation_code,
             "groups.setCallbackSettings": self._callback_settings,
+            "groups.setLongPollSettings": self._long_poll_settings,
+            "groups.getLongPollServer": self._long_poll_server,
         }
+        self._arrived = asyncio.Event()
+        self.app.router.add_get("/longpoll/{group}", self._long_poll)
         self.app.router.add_route("*", "/method/{name}", self._handle)
         self.app.router.add_get("/files/{name}", self._download)
 
@@ -86,6 +100,15 @@ class VKDouble(Double):
 
     def add_group(self, group_id: int, access_token: str, confirmation: str = "") -> None:
         self.groups[group_id] = Group(access_token, confirmation)
+
+    def queue_event(self, group_id: int, event: Mapping[str, Any]) -> None:
+        """An event for the community's Bots Long Poll (``group_id`` and an ``event_id`` are filled in)."""
+        self.groups[group_id].events.append({"group_id": group_id, "event_id": uuid.uuid4().hex, **event})
+        self._arrived.set()
+
+    def expire_keys(self) -> None:
+        for group in self.groups.values():
+            group.key = ""
 
     def block(self, peer_id: int | str) -> None:
         self.blocked.add(str(peer_id))
@@ -201,6 +224,38 @@ class VKDouble(Double):
             raise VKError(100, "server_id is invalid")
         self.groups[group].settings[server_id] = {k: v for k, v in params.items() if k not in ("access_token", "v")}
         return 1
+
+    def _long_poll_settings(self, group: int, params: dict[str, Any]) -> Any:
+        self.groups[group].long_poll = {k: v for k, v in params.items() if k not in ("access_token", "v")}
+        return 1
+
+    def _long_poll_server(self, group: int, params: dict[str, Any]) -> Any:
+        if _int(params.get("group_id"), "group_id") != group:
+            raise VKError(15)
+        if str(self.groups[group].long_poll.get("enabled")) != "1":
+            raise VKError(100, "Bots Long Poll is disabled for this community")
+        state = self.groups[group]
+        state.key = state.key or uuid.uuid4().hex
+        return {"key": state.key, "server": f"{self.url}/longpoll/{group}", "ts": str(len(state.events) + 1)}
+
+    async def _long_poll(self, request: web.Request) -> web.Response:
+        query = request.query
+        self._record(request, "longpoll", dict(query))
+        group = self.groups.get(int(request.match_info["group"]))
+        if group is None or query.get("act") != "a_check" or not group.key or query.get("key") != group.key:
+            return web.json_response({"failed": 2})
+        try:
+            ts, wait = int(query.get("ts", "")), min(90, int(query.get("wait", "25")))
+        except ValueError:
+            return web.json_response({"failed": 1, "ts": len(group.events) + 1})
+        if not 1 <= ts <= len(group.events) + 1:
+            return web.json_response({"failed": 1, "ts": len(group.events) + 1})
+        deadline = asyncio.get_running_loop().time() + wait
+        while len(group.events) < ts and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+        return web.json_response({"ts": str(len(group.events) + 1), "updates": group.events[ts - 1 :]})
 
     async def _save_server(self, group: int, params: dict[str, Any]) -> Any:
         url, title = str(params.get("url", "")), str(params.get("title", ""))
