@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -48,6 +49,9 @@ async def execute(effect: Effect, tenant: Tenant, session: Session, log: Message
             )
             if tenant.crm is not None:  # a note and a tag on the customer in the CRM, so staff see it
                 await tenant.crm.handoff(session.conversation, effect.reason)
+            if tenant.desk is not None:
+                since = datetime.fromisoformat(session.handoff_at) if session.handoff_at else datetime.now(UTC)
+                await tenant.desk.open(tenant.id, session, effect.reason, since)
             return None
 
 

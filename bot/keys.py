@@ -115,3 +115,8 @@ def worker_heartbeat(queue: str) -> str:
 def scratch(tenant: str, name: str) -> str:
     """A free-form key for tests and tools (order checks, benchmarks); never used by the running bot."""
     return f"{PREFIX}:{tenant}:scratch:{name}"
+
+
+def handoffs(tenant: str) -> str:
+    """Hash: conversation -> JSON of its open handoff to a person (``bookingbot handoff list|resume``)."""
+    return f"{PREFIX}:{tenant}:handoffs"

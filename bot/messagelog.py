@@ -171,6 +171,9 @@ class MessageLog:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._retrying = False  # the head of the queue failed a write: some of it may be written already
+        self._added = 0  # rows ever queued ...
+        self._finished = 0  # ... and of those, rows written or dropped
+        self._progress = asyncio.Event()  # set (and replaced) whenever rows are finished
         self._touched: dict[tuple[str, str], datetime] = {}  # conversation -> last_at this process wrote
 
     @property
@@ -191,6 +194,7 @@ class MessageLog:
             self._drop([row], "backlog_full", f"{self.max_backlog} rows are already waiting")
             return
         self._pending.append(row)
+        self._added += 1
         metrics.LOG_BACKLOG.inc()
         self._has_rows.set()
         if len(self._pending) >= self.batch_size:
@@ -261,6 +265,16 @@ class MessageLog:
         """Forget the first ``count`` queued rows (written or dropped)."""
         del self._pending[:count]
         metrics.LOG_BACKLOG.dec(count)
+        self._finished += count
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def settled(self) -> None:
+        """Wait until every row queued so far is written (or dropped). While the database is down that is
+        not before it is back: callers bound the wait (the rows stay queued and are retried either way)."""
+        target = self._added
+        while self._finished < target:
+            await self._progress.wait()
 
     @staticmethod
     def _drop(rows: list[LoggedMessage], reason: str, why: str) -> None:

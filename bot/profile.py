@@ -6,13 +6,16 @@ database and Redis clients.
 
 from __future__ import annotations
 
-from bot.settings import TenantConfig
-from dialogs.ports import ServiceInfo, TenantProfile
+from bot.settings import WEEKDAYS, TenantConfig
+from dialogs.ports import BusinessInfo, ServiceInfo, TenantProfile
 
 
 def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
     services = tuple(
-        ServiceInfo(id=s.id, label=s.label, minutes=s.minutes, synonyms=tuple(s.synonyms)) for s in cfg.services
+        ServiceInfo(
+            id=s.id, label=s.label, minutes=s.minutes, synonyms=tuple(s.synonyms), price=s.price, label_acc=s.label_acc
+        )
+        for s in cfg.services
     )
     return TenantProfile(
         id=tenant_id,
@@ -24,4 +27,8 @@ def tenant_profile(tenant_id: str, cfg: TenantConfig) -> TenantProfile:
         template=cfg.dialog.template,
         texts=cfg.dialog.texts,
         horizon_days=cfg.booking.horizon_days,
+        hours={WEEKDAYS.index(day): tuple(ranges) for day, ranges in cfg.hours.items()},
+        info=BusinessInfo.model_validate(cfg.info.model_dump()),
+        handoff_reachable=cfg.handoff.webhook_url is not None,
+        handoff_quiet_minutes=cfg.handoff.quiet_minutes,
     )

@@ -8,6 +8,7 @@ configured tenant (its dialog engine, built once, and its booking backend).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from bot.crm.recorder import CrmRecorder
 from bot.crm.relay import OutboxRelay
 from bot.crm.sync import ErxesSync
 from bot.exceptions import ConfigError
+from bot.handoff import HandoffDesk
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
 from bot.profile import tenant_profile
@@ -54,6 +56,7 @@ class Tenant:
     calendar: BookingBackend
     crm: CrmRecorder | None = None  # queues CRM work (None: no crm block)
     erxes: ErxesSync | None = None  # delivers it
+    desk: HandoffDesk | None = None  # where handoffs to a person go (set by the Runtime, which has Redis)
 
 
 def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
@@ -138,7 +141,8 @@ class Runtime:
 
     def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
         """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
-        tenant = build_tenant(tenant_id, cfg, self.db)
+        desk = HandoffDesk(self.redis, self.sessions, cfg.handoff.webhook_url)
+        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db), desk=desk)
         self.tenants[tenant_id] = tenant
         return tenant
 

@@ -98,6 +98,30 @@ class ServiceConfig(Model):
     label: str
     minutes: int = Field(gt=0, le=24 * 60)
     synonyms: list[str] = Field(default_factory=list)
+    price: str | None = Field(default=None, description='as customers read it, e.g. "£30" or "от 1500 ₽"')
+    label_acc: str | None = Field(default=None, description="Russian accusative form of the label (стрижку)")
+
+
+class FaqConfig(Model):
+    question: str = Field(min_length=1)
+    synonyms: list[str] = Field(default_factory=list, description="other ways customers ask it")
+    answer: str = Field(min_length=1)
+
+
+class InfoConfig(Model):
+    """What the bot may answer about the business (prices come from services[].price)."""
+
+    address: str | None = None
+    directions: str | None = Field(default=None, description="how to find us")
+    payment: str | None = Field(default=None, description="payment methods")
+    faq: list[FaqConfig] = Field(default_factory=list)
+
+
+class HandoffConfig(Model):
+    """Where a customer's request for a person goes; with neither a webhook nor a CRM nobody is promised."""
+
+    webhook_url: str | None = Field(default=None, description="staff are notified by a JSON POST here")
+    quiet_minutes: int = Field(default=120, ge=1, le=7 * 24 * 60, description="bot resumes after this silence")
 
 
 class BookingConfig(Model):
@@ -164,6 +188,8 @@ class TenantConfig(Model):
     dialog: DialogConfig = Field(default_factory=DialogConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     crm: CrmConfig | None = Field(default=None, description="no crm block: no CRM")
+    info: InfoConfig = Field(default_factory=InfoConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     staff_token: str | None = Field(
         default=None, min_length=16, description="enables /staff/<tenant>?token=...: the read-only bookings page"
     )

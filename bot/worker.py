@@ -38,6 +38,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +83,7 @@ IN_PROGRESS_S = 8  # a dead worker's job (and its inbox lease) is free again thi
 # Failures are bounded per message (dead_letter_after, then dead letter) and a drain yields every budget_s, so
 # the job itself must never run out of tries: that would strand its marker.
 JOB_MAX_TRIES = 1_000_000
+LOG_SETTLE_S = 2.0
 LEASE_HELD_RETRY_S = 0.5  # a dead drainer's lease runs out within IN_PROGRESS_S: look again soon
 DRAIN_RETRY = Backoff(base=1.0, cap=60.0, floor=1.0)  # a failed message's next try
 Clock = Callable[[], datetime]  # the dialog's "now" (tests and replays freeze it)
@@ -188,6 +190,12 @@ class Drainer:
         if msg.callback_id is not None:
             await self.sender.ack(msg)
         await self.sender.deliver(turn.outbound)
+        # The inbox forgets the message once this returns: its log rows are in this process's memory until
+        # written. Waiting for them (briefly: an outage must not stall the chat) closes the window where a
+        # kill would lose them; a redriven message logs its rows again in any case.
+        with suppress(TimeoutError):
+            async with asyncio.timeout(LOG_SETTLE_S):
+                await self.rt.log.settled()
         conversation = msg.conversation
         await self.rt.redis.delete(
             keys.replies(msg.tenant, conversation, msg.event_id),

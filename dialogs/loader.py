@@ -8,9 +8,8 @@ for a naming reason.
 
 from __future__ import annotations
 
-import re
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from dialogs.exceptions import Problem, TemplateError
 from dialogs.extract import EXTRACTORS
 from dialogs.machine import ANY, FlowMachine, expand
+from dialogs.phrases import IntentMatcher
 from dialogs.schema import FLOWS, INTENTS, TRIGGERS, Template
 from dialogs.validators import VALIDATORS
 
@@ -93,31 +93,6 @@ def build(template: Template, source: str) -> Template:
     template._machine = FlowMachine(template.name, list(template.states), template.transitions, template.initial)
     template._intents = IntentMatcher(template.intents)
     return template
-
-
-# --- intents -----------------------------------------------------------------------------------------------
-
-
-def normalize(text: str) -> str:
-    return text.casefold().replace("ё", "е").strip()
-
-
-class IntentMatcher:
-    """Finds the intent a message names, by whole-word phrases of any of the template's locales."""
-
-    def __init__(self, intents: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
-        self._patterns = [(name, self._compile(intents[name])) for name in INTENTS if name in intents]
-
-    @staticmethod
-    def _compile(by_locale: Mapping[str, Sequence[str]]) -> re.Pattern[str]:
-        phrases = sorted({normalize(p) for ps in by_locale.values() for p in ps}, key=len, reverse=True)
-        alternatives = "|".join(r"\s+".join(map(re.escape, p.split())) for p in phrases)
-        return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
-
-    def match(self, text: str) -> str | None:
-        """The highest-priority intent named in ``text``."""
-        norm = normalize(text)
-        return next((name for name, pattern in self._patterns if pattern.search(norm)), None)
 
 
 # --- checks ------------------------------------------------------------------------------------------------

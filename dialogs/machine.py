@@ -10,12 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from pydantic import BaseModel, ConfigDict
 from transitions import Machine
 
 from dialogs.exceptions import IllegalTransition
-from dialogs.schema import TransitionSpec
 
 ANY = "*"
+
+
+class TransitionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trigger: str
+    source: str | tuple[str, ...]  # a state, a list of states, or "*" (every state without its own rule)
+    dest: str
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,) if isinstance(self.source, str) else self.source
 
 
 Conflict = tuple[int, str]  # (index of the rule, message)

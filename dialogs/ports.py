@@ -20,6 +20,27 @@ class ServiceInfo(BaseModel):
     label: str  # in the tenant's locale
     minutes: int
     synonyms: tuple[str, ...] = ()
+    price: str | None = None  # as the customer reads it: "£30", "от 1500 ₽"
+    label_acc: str | None = None  # Russian accusative ("стрижку") for "записаны на {service_acc}"
+
+
+class FaqItem(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    question: str
+    synonyms: tuple[str, ...] = ()
+    answer: str
+
+
+class BusinessInfo(BaseModel):
+    """What the bot may tell about the business; a question about anything else gets "I don't know"."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: str | None = None
+    directions: str | None = None  # how to find us
+    payment: str | None = None  # payment methods
+    faq: tuple[FaqItem, ...] = ()
 
 
 class TenantProfile(BaseModel):
@@ -36,6 +57,10 @@ class TenantProfile(BaseModel):
     template: str = "booking"
     texts: dict[str, str] = Field(default_factory=dict)  # per-tenant overrides of template texts
     horizon_days: int = 60  # how far ahead customers may book (the booking backend's horizon)
+    hours: dict[int, tuple[str, ...]] = Field(default_factory=dict)  # weekday (0 = Monday) -> "HH:MM-HH:MM"
+    info: BusinessInfo = Field(default_factory=BusinessInfo)
+    handoff_reachable: bool = False  # a person is notified on a handoff (a webhook or the CRM is configured)
+    handoff_quiet_minutes: int = 120  # a handed-off conversation returns to the bot after this much silence
 
     @property
     def tz(self) -> ZoneInfo:

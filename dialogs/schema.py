@@ -8,23 +8,19 @@ an unknown name fails at load, never mid-conversation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from dialogs.machine import FlowMachine, TransitionSpec
+from dialogs.phrases import INTENTS, IntentMatcher
 from dialogs.validators import VALIDATORS
 
-if TYPE_CHECKING:
-    from dialogs.loader import IntentMatcher
-    from dialogs.machine import FlowMachine
+__all__ = ["INTENTS", "TransitionSpec"]  # part of the template vocabulary, defined where they are used
 
 # Flows the engine can run; a template's ``flows`` maps each to the slots it fills, in asking order.
 FLOWS = ("idle", "booking", "cancel", "reschedule")
 
-# Intents, in matching priority: a message naming two intents gets the first one ("cancel my booking"
-# also contains "my booking"). ``yes``/``no`` only count in confirm states, ``greeting``/``help`` only when
-# the message carries no slot values.
-INTENTS = ("human", "restart", "cancel_booking", "reschedule", "my_booking", "stop", "help", "greeting", "no", "yes")
 
 # Triggers the engine fires; ``need_<slot>`` (one per slot) are added per template.
 TRIGGERS = frozenset(
@@ -34,7 +30,7 @@ TRIGGERS = frozenset(
         "done", "taken", "failed", "not_found",  # the outcome of that effect
         "pick",  # a booking was chosen in a pick state
         "keep",  # "no" at the cancel confirmation
-        "restart", "stop", "human", "give_up", "help", "my_booking",
+        "restart", "stop", "human", "give_up", "resume", "help", "my_booking",
         "cancel_none", "cancel_one", "cancel_many",
         "reschedule_none", "reschedule_one", "reschedule_many",
     }
@@ -48,15 +44,30 @@ RESTING: frozenset[str] = frozenset({"rest", "waiting"})
 PROMPTING: frozenset[str] = frozenset({"ask", "confirm", "pick"})
 
 # Placeholders the engine fills, per text key.
-DIALOG_FACTS = frozenset({"business", "service", "date", "time", "name", "phone", "email", "old_date", "old_time"})
+DIALOG_FACTS = frozenset(
+    {"business", "service", "service_acc", "date", "time", "name", "phone", "email", "old_date", "old_time"}
+)
 REJECTION_FACTS = DIALOG_FACTS | {"on_day", "days"}
 _PLAIN: frozenset[str] = frozenset()
 FIXED_TEXTS: dict[str, frozenset[str]] = {
     "greeting": frozenset({"business"}),
     "help": frozenset({"business"}),
     "goodbye": frozenset({"business"}),
+    "thanks": frozenset({"business"}),
+    "info_answer": frozenset({"answer"}),  # an answer from the tenant's info: block
+    "info_price": frozenset({"service", "price"}),
+    "info_prices": frozenset({"prices"}),
+    "booking_price": frozenset({"service", "price"}),  # one line of info_prices
+    "info_hours": frozenset({"hours"}),
+    "info_closed": frozenset({"on_day", "hours"}),
+    "info_unknown": frozenset({"business"}),  # a question the config cannot answer; a colleague is offered
+    "info_dont_know": frozenset({"business"}),
     "handoff_wait": frozenset({"business"}),
     "too_many_attempts": frozenset({"business"}),
+    # the same, when nobody is notified of a handoff (no webhook, no CRM): they promise no reply
+    "handoff_noted": frozenset({"business"}),
+    "handoff_wait_noted": frozenset({"business"}),
+    "too_many_attempts_noted": frozenset({"business"}),
     "retry_confirm": DIALOG_FACTS,
     "retry_pick": _PLAIN,
     "change_what": _PLAIN,
@@ -68,6 +79,7 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "no_dates": DIALOG_FACTS,
     "nothing_after_time": REJECTION_FACTS,  # "after 6" and nothing is free after 18:00 that day
     "nothing_before_time": REJECTION_FACTS,
+    "nothing_between_time": REJECTION_FACTS,  # "between 3 and 5", "in the morning": nothing free inside
     "book_failed": DIALOG_FACTS,
     "effect_failed": DIALOG_FACTS,
     "not_found": _PLAIN,
@@ -103,16 +115,6 @@ class StateSpec(_Strict):
         return self.text or (name if self.kind in PROMPTING else None)
 
 
-class TransitionSpec(_Strict):
-    trigger: str
-    source: str | tuple[str, ...]  # a state, a list of states, or "*" (every state without its own rule)
-    dest: str
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        return (self.source,) if isinstance(self.source, str) else self.source
-
-
 class DateFormat(_Strict):
     """How dates read in one locale: ``date`` uses {weekday}, {day} and {month}."""
 
@@ -120,6 +122,8 @@ class DateFormat(_Strict):
     weekdays: tuple[str, ...] = Field(min_length=7, max_length=7)  # Monday first
     months: tuple[str, ...] = Field(min_length=12, max_length=12)
     on_day: tuple[str, ...] = Field(min_length=7, max_length=7)  # "on Sunday" / "в воскресенье"
+    # {service_acc} for a service without a configured ``label_acc``: a form that needs no inflection
+    service_acc: str = "{label}"
 
 
 class Template(_Strict):

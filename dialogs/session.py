@@ -21,6 +21,7 @@ class Session(BaseModel):
     attempts: dict[str, int] = Field(default_factory=dict)
     offered: list[Button] = Field(default_factory=list)  # buttons of the last reply, to map "2" or a label
     booking_id: str | None = None  # the booking this flow is about (booked, or chosen to cancel/reschedule)
+    handoff_at: str | None = None  # handed off to a person: the customer's last message since (ISO time)
     last_event: str | None = None  # the inbound event processed last: a redriven inbox head is skipped
     version: int = 0  # bumped by the store on every save
 

@@ -46,21 +46,26 @@ def test_shipped_config_has_the_demo_tenants_of_the_design() -> None:
     assert demo.hours == week
     assert (demo.booking.backend, demo.booking.slot_step, demo.dialog.template) == ("local", 30, "booking")
     assert demo.services == [
-        ServiceConfig(id="haircut", label="Haircut", minutes=60, synonyms=["hair cut", "trim", "cut"]),
-        ServiceConfig(id="manicure", label="Manicure", minutes=45, synonyms=["nails"]),
+        ServiceConfig(id="haircut", label="Haircut", minutes=60, synonyms=["hair cut", "trim", "cut"], price="£30"),
+        ServiceConfig(id="manicure", label="Manicure", minutes=45, synonyms=["nails"], price="£25"),
         ServiceConfig(id="colouring", label="Hair colouring", minutes=120,
-                      synonyms=["colour", "color", "dye", "hair color"]),
+                      synonyms=["colour", "color", "dye", "hair color"], price="from £60"),
     ]  # fmt: skip
+    assert demo.info.address and demo.info.payment and demo.info.faq
+    assert demo.handoff.webhook_url is None  # the demo needs no accounts
 
     ru = settings.tenants["demo-ru"]
     assert (ru.name, ru.locale, ru.timezone, ru.phone_region) == ("Салон Демо", "ru", "Europe/Moscow", "RU")
     assert ru.hours == week
     assert (ru.booking.backend, ru.booking.slot_step) == ("local", 30)
     assert ru.services == [
-        ServiceConfig(id="haircut", label="Стрижка", minutes=60, synonyms=["подстричься", "постричься"]),
-        ServiceConfig(id="manicure", label="Маникюр", minutes=45, synonyms=["ногти"]),
-        ServiceConfig(id="colouring", label="Окрашивание", minutes=120, synonyms=["покрасить", "окраска"]),
-    ]
+        ServiceConfig(id="haircut", label="Стрижка", minutes=60, synonyms=["подстричься", "постричься"],
+                      price="1500 ₽", label_acc="стрижку"),
+        ServiceConfig(id="manicure", label="Маникюр", minutes=45, synonyms=["ногти"], price="1200 ₽",
+                      label_acc="маникюр"),
+        ServiceConfig(id="colouring", label="Окрашивание", minutes=120, synonyms=["покрасить", "окраска"],
+                      price="от 3500 ₽", label_acc="окрашивание"),
+    ]  # fmt: skip
 
 
 def test_shipped_config_takes_the_service_urls_from_the_environment() -> None:

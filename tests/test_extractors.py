@@ -362,7 +362,40 @@ ALL = [
     ("en", None, "Can I book something?", {}),
     ("ru", None, "здравствуйте, когда у вас свободно?", {}),
     ("en", None, "", {}),
-]
+    # times of day as windows of start times (issue 11, item 2)
+    ("en", None, "monday morning", {"date": "2026-11-30", "time_after": "00:00", "time_before": "12:00"}),
+    ("en", None, "friday afternoon", {"date": "2026-11-27", "time_after": "12:00", "time_before": "17:00"}),
+    ("en", None, "tomorrow evening", {"date": "2026-11-24", "time_after": "17:00"}),
+    ("en", None, "can I come after work?", {"time_after": "17:00"}),
+    ("en", None, "at lunchtime", {"time_after": "12:00", "time_before": "14:00"}),
+    ("en", None, "anything in the evening, like 6 or 7?", {"time_after": "18:00", "time_before": "20:00"}),
+    ("en", None, "between 3 and 5", {"time_after": "15:00", "time_before": "17:00"}),
+    ("en", None, "from 10 to 12", {"time_after": "10:00", "time_before": "12:00"}),
+    ("en", None, "not before 11", {"time_after": "11:00"}),
+    ("en", None, "tomorrow at 10 in the morning", {"date": "2026-11-24", "time": "10:00"}),  # a clock, not a window
+    ("en", None, "good morning", {}),
+    ("en", None, "7ish", {"time": "19:00"}),
+    ("en", None, "around 7", {"time": "19:00"}),
+    ("ru", None, "после обеда", {"time_after": "14:00"}),
+    ("ru", None, "вечером", {"time_after": "17:00"}),
+    ("ru", None, "утром в среду", {"date": "2026-11-25", "time_after": "00:00", "time_before": "12:00"}),
+    ("ru", None, "ближе к вечеру", {"time_after": "16:00"}),
+    ("ru", None, "в 6 или 7 вечера", {"time_after": "18:00", "time_before": "20:00"}),
+    ("ru", None, "в обед", {"time_after": "12:00", "time_before": "14:00"}),
+    ("ru", None, "не раньше 11", {"time_after": "11:00"}),
+    ("ru", None, "добрый вечер", {}),
+    # relative and spelled-out dates: a half-understood phrase never resolves to today
+    ("en", None, "a fortnight from today", {"date": "2026-12-07"}),
+    ("en", None, "two weeks from now", {"date": "2026-12-07"}),
+    ("ru", None, "двадцать пятого ноября", {"date": "2026-11-25"}),
+    ("ru", None, "тридцать первого декабря", {"date": "2026-12-31"}),
+    # a name among other details, and Russian free word order
+    ("en", None, "manicure friday 3pm, Sam, 07700 900123",
+     {"service": "manicure", "date": "2026-11-27", "time": "15:00", "name": "Sam", "phone": "+447700900123"}),
+    ("en", None, "Friday, 5pm", {"date": "2026-11-27", "time": "17:00"}),
+    ("ru", None, "Анной меня зовут", {"name": "Анна"}),
+    ("ru", None, "Сергеем меня зовут", {"name": "Сергей"}),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("locale", "expecting", "text", "expected"), ALL)

@@ -6,6 +6,7 @@ proxy is in ``tests/test_crash_postgres.py``.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import uuid
@@ -148,7 +149,13 @@ async def test_the_writer_outlives_an_unreachable_database(pg_engine: AsyncEngin
         log.add(row(pg_tenant, n))
     assert await until(lambda: metrics.LOG_WRITE_ERRORS._value.get() >= errors + 3), "the writer stopped retrying"
     assert log.writing and log.backlog == 3
+    with pytest.raises(TimeoutError):  # nothing is written while the database is down
+        async with asyncio.timeout(0.3):
+            await log.settled()
     log.engine = pg_engine  # the database is back (at another address: the same for the writer)
+    async with asyncio.timeout(60):
+        await log.settled()  # the worker's wait before it lets go of a message
+    assert log.backlog == 0
     await log.aclose()
     assert await _texts(log, pg_tenant) == [f"message {n}/0" for n in range(3)]
     await down.dispose()

@@ -147,7 +147,7 @@ async def test_a_customer_books_through_the_page(chat: Chat, browser: BrowserCon
     await type_and_send(page, PHONE)
     await expect(last_bot(page)).to_contain_text("Shall I book it?")
     await type_and_send(page, "yes")
-    await expect(last_bot(page)).to_contain_text(f"Done! You're booked for Haircut on {day} at {time}")
+    await expect(last_bot(page)).to_contain_text(f"Done! You're booked for haircut on {day} at {time}")
     await expect(page.locator("#log .chips button:enabled")).to_have_count(0)  # a typed answer spends Yes/No too
     await page.screenshot(path=tmp_path / "webchat.png", full_page=True)
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "overflows a phone"

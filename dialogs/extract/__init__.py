@@ -6,6 +6,7 @@ string value or ``None``:
 - ``service``: a service id (fuzzy match on labels, ids and synonyms, typos tolerated)
 - ``date``: ``YYYY-MM-DD``
 - ``time``: ``HH:MM`` (24 h); ``time_after`` / ``time_before`` when the customer gave a bound ("after 6")
+  or a window ("in the morning", "after work", "после обеда", "between 3 and 5", "6 or 7")
 - ``name``, ``phone`` (E.164), ``email``
 
 ``expecting`` names the slot the bot just asked for: a bare "5" is a time only when a time was asked for,
@@ -30,7 +31,7 @@ from dialogs.extract.contacts import (
 )
 from dialogs.extract.dates import blank, extract_date, find_dates, fold
 from dialogs.extract.services import extract_service
-from dialogs.extract.times import TimeSpec, extract_time, extract_time_at, find_times
+from dialogs.extract.times import TimeSpec, TimeWindow, extract_time, extract_time_at, find_times, find_window
 from dialogs.ports import ServiceInfo
 
 __all__ = [
@@ -83,11 +84,22 @@ def extract_all(text: str, ctx: ExtractContext) -> dict[str, str]:
     dates = find_dates(fold(rest), ctx)
     if dates:
         found["date"] = dates[0].value.isoformat()
-    for hit in find_times(rest, ctx, dates):
+    hits = find_times(rest, ctx, dates)
+    window = find_window(rest)
+    if window is not None and not any(h.start <= window.start and window.end <= h.end for h in hits):
+        # "monday morning", "6 or 7": a window of start times (unless it is a clock's "in the morning")
+        hits = [h for h in hits if h.end <= window.start or h.start >= window.end]
+        found.update(_window_hints(window))
+    for hit in hits:
         found.setdefault(_TIME_KEYS[hit.spec.mode], hit.spec.value)
     if name := find_name(rest, ctx):
         found["name"] = name
     return found | contacts
+
+
+def _window_hints(window: TimeWindow) -> dict[str, str]:
+    bounds = {"time_after": window.after, "time_before": window.before}
+    return {key: value for key, value in bounds.items() if value is not None}
 
 
 EXTRACTORS: Mapping[str, Callable[[str, ExtractContext], str | None]] = MappingProxyType(

@@ -40,6 +40,7 @@ _STRONG_INTRO = re.compile(
     r"|имя\s*[:=-]?)\s*"
 )
 _WEAK_INTRO = re.compile(r"(?<!\w)(?:i['’]?m|i\s+am|this\s+is|it['’]?s|it\s+is|here\s+is|я|это)\s+")
+_NAME_FIRST = re.compile(r"^\s*[^\W\d_]+\s+(?=меня\s+зовут|зовут\s+меня)")
 _MAX_NAME_WORDS = 3
 _STOP_TEXT = """
     i me my mine a an the and or but so to for from at on in of with by not no yes yeah yep yup nope
@@ -101,9 +102,33 @@ def find_name(text: str, ctx: ExtractContext) -> str | None:
             name = _name_at(text, m.end(), ctx, capitalised=capitalised)
             if name:
                 return name
+    if first := _NAME_FIRST.search(folded):  # free word order: "Анной меня зовут"
+        name = _name_at(text, first.start(), ctx, capitalised=False)
+        return _nominative(name) if name else None
     if ctx.expecting == "name":
         return _whole_name(text, ctx)
+    return _listed_name(text, ctx)
+
+
+def _listed_name(text: str, ctx: ExtractContext) -> str | None:
+    """A name given as one item of a list of details: "manicure friday 3pm, Sam, 07700 900123"."""
+    items = [item.strip() for item in re.split(r"[,;\n]", text)]
+    if len([item for item in items if item]) < 2:
+        return None
+    for item in items:
+        words = item.split()
+        capitalised = all(w[0].isupper() and _NAME_WORD.fullmatch(w) for w in words)
+        if 1 <= len(words) <= 2 and capitalised and all(_may_be_name(w, ctx) for w in words):
+            return " ".join(_title(w) for w in words)
     return None
+
+
+def _nominative(name: str) -> str:
+    """A Russian first name in the instrumental case ("меня зовут Анной") in the nominative: Анна."""
+    for ending, nominative in (("ой", "а"), ("еем", "ей"), ("ей", "я"), ("ом", "")):
+        if name.endswith(ending) and len(name) > len(ending) + 2:
+            return name[: -len(ending)] + nominative
+    return name
 
 
 def _name_at(text: str, pos: int, ctx: ExtractContext, *, capitalised: bool) -> str | None:

@@ -19,6 +19,7 @@ Rules (each is tested):
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -173,6 +174,21 @@ _ORDINAL = re.compile(
     rf"|{_NOT_BEFORE_NUMBER}(?P<d2>\d{{1,2}})(?:-?(?:го|ое|е))?\s+числа(?!\w)"
     rf"|{_NOT_BEFORE_NUMBER}(?P<d3>\d{{1,2}})-?(?:го|ое|е)(?!\w)"
 )
+# "a fortnight from today", "two weeks from now", "3 days later": a count of days from today (never today)
+_DAYS_FROM = re.compile(
+    rf"(?<!\w)(?:(?P<n>\d{{1,3}}|{alternation(_COUNT_WORDS)})\s+)?(?P<unit>{alternation(_UNIT_DAYS)})\s+"
+    r"(?:from\s+(?:today|now)|later|time|спустя)(?!\w)"
+)
+# Russian ordinals spelled out: "двадцать пятого ноября" = 25 November
+_RU_DAY_WORDS = (
+    "первого второго третьего четвертого пятого шестого седьмого восьмого девятого десятого одиннадцатого "
+    "двенадцатого тринадцатого четырнадцатого пятнадцатого шестнадцатого семнадцатого восемнадцатого "
+    "девятнадцатого двадцатого"
+)
+_RU_DAY_ORDINALS: Mapping[str, int] = {w: n for n, w in enumerate(_RU_DAY_WORDS.split(), start=1)}
+_WORDY_DAY_MONTH = re.compile(
+    rf"(?<!\w)(?:(?P<tens>двадцать|тридцать)\s+)?(?P<ord>{alternation(_RU_DAY_ORDINALS)})\s+{_MONTH}{_YEAR}"
+)
 _RELATIVE_RE = re.compile(rf"(?<!\w)(?P<rel>{alternation(_RELATIVE)})(?!\w)")
 _IN_DAYS = re.compile(
     rf"(?<!\w)(?:in|через)\s+(?:(?P<n>\d{{1,3}}|{alternation(_COUNT_WORDS)})\s+)?"
@@ -219,7 +235,7 @@ def _candidates(folded: str, ctx: ExtractContext) -> Iterator[DateHit]:
     for m in _RELATIVE_RE.finditer(folded):
         rel = re.sub(r"\s+", " ", m["rel"])
         yield DateHit(m.start(), m.end(), today + timedelta(days=_RELATIVE[rel]), wordy=True)
-    for m in _IN_DAYS.finditer(folded):
+    for m in itertools.chain(_IN_DAYS.finditer(folded), _DAYS_FROM.finditer(folded)):
         days = _in_days(m)
         if days is not None:
             yield DateHit(m.start(), m.end(), today + timedelta(days=days))
@@ -235,6 +251,9 @@ def _candidates(folded: str, ctx: ExtractContext) -> Iterator[DateHit]:
     for regex in (_DAY_MONTH, _MONTH_DAY):
         for m in regex.finditer(folded):
             yield from _hit(m, _day_month(today, int(m["d"]), _MONTHS[m["mon"]], m["y"]))
+    for m in _WORDY_DAY_MONTH.finditer(folded):
+        day = _RU_DAY_ORDINALS[m["ord"]] + {"двадцать": 20, "тридцать": 30}.get(m["tens"] or "", 0)
+        yield from _hit(m, _day_month(today, day, _MONTHS[m["mon"]], m["y"]))
     for m in _ORDINAL.finditer(folded):
         yield from _hit(m, _day_only(today, int(m["d"] or m["d2"] or m["d3"])))
 

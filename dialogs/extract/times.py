@@ -83,6 +83,7 @@ _HOUR_WORD = alternation(_HOUR_WORDS)
 _SUFFIX = (
     r"(?:\s*(?P<ap>[ap])\.?m\b\.?)?"
     r"(?:\s*(?P<unit>o['’]?clock|hrs|h|ч|часов|часа|час)(?!\w))?"
+    r"(?P<ish>\s?-?ish)?"
     rf"(?:\s*(?P<part>{alternation(_DAY_PARTS)})(?!\w))?"
     r"(?!\w)(?![:.]\d)(?!\s?\d)"
 )
@@ -152,7 +153,7 @@ def _time_hit(m: re.Match[str], folded: str, clock: tuple[int, int]) -> TimeHit:
 
 def _clock(m: re.Match[str], folded: str, *, bare: bool) -> tuple[int, int] | None:
     """(hour, minute) of a clock or hour match, or ``None`` when nothing marks it as a time."""
-    marked = m["md"] or m["ap"] or m["unit"] or m["part"] or preposition_before(folded, m.start())
+    marked = m["md"] or m["ap"] or m["unit"] or m["part"] or m["ish"] or preposition_before(folded, m.start())
     if not (marked or bare):
         return None
     if m["hd"] is not None:
@@ -202,3 +203,76 @@ def _with_day_part(hour: int, part: str) -> int:
     if part == "pm":
         return hour if hour == 12 else hour + 12
     return hour + 12 if 9 <= hour < 12 else hour % 12  # "ночи": 11 ночи = 23:00, 2 ночи = 02:00
+
+
+# --- windows: "in the morning", "after work", "between 3 and 5", "6 or 7" ---------------------------------
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Start times the customer would take: from ``after`` (inclusive) to ``before`` (exclusive), ``HH:MM``."""
+
+    start: int
+    end: int
+    after: str | None
+    before: str | None
+
+
+_NOT_GREETING = r"(?<!good\s)(?<!добрый\s)(?<!доброе\s)(?<!\w)"
+# A part of the day, as a window of start times (the engine offers the free ones inside it).
+_DAY_WINDOWS: tuple[tuple[re.Pattern[str], str | None, str | None], ...] = tuple(
+    (re.compile(pattern), after, before)
+    for pattern, after, before in (
+        (r"(?<!\w)(?:after\s+(?:work|the\s+office|office\s+hours)|после\s+работы)(?!\w)", "17:00", None),
+        (r"(?<!\w)(?:after\s+lunch|после\s+обеда)(?!\w)", "14:00", None),
+        (r"(?<!\w)(?:lunch\s*time|lunch|в\s+обед|в\s+обеденное\s+время|на\s+обеде?)(?!\w)", "12:00", "14:00"),
+        (r"(?<!\w)(?:late\s+afternoon|ближе\s+к\s+вечеру|к\s+вечеру|под\s+вечер)(?!\w)", "16:00", None),
+        (_NOT_GREETING + r"(?:mornings?|утром|с\s+утра|поутру|утречком|до\s+обеда)(?!\w)", "00:00", "12:00"),
+        (_NOT_GREETING + r"(?:afternoons?|днем|после\s+полудня)(?!\w)", "12:00", "17:00"),
+        (_NOT_GREETING + r"(?:evenings?|tonight|вечером|вечерком)(?!\w)", "17:00", None),
+    )
+)
+_BOUND = rf"(?P<{{g}}>\d{{{{1,2}}}}(?:[:.]\d{{{{2}}}})?|{_HOUR_WORD})"
+_TAIL = rf"(?:\s*(?P<ap>[ap])\.?m\b\.?)?(?:\s*(?:ч|часов|часа)(?!\w))?(?:\s*(?P<part>{alternation(_DAY_PARTS)})(?!\w))?"
+# Two hours the customer names: "between 3 and 5" / "с 15 до 17" are a range, "6 or 7" / "в 6 или 7" two
+# candidates (both offered: the window ends an hour after the second).
+_BETWEEN = re.compile(
+    rf"(?<!\w)(?:between|from|с|от)\s+{_BOUND.format(g='a')}\s*(?:and|to|till|until|-|–|до|и)\s*"
+    rf"{_BOUND.format(g='b')}{_TAIL}(?!\w)"
+)
+_EITHER = re.compile(
+    rf"(?<![\w:.])(?:at\s+|в\s+)?{_BOUND.format(g='a')}\s+(?:or|или)\s+{_BOUND.format(g='b')}{_TAIL}(?!\w)"
+)
+
+
+def find_window(text: str) -> TimeWindow | None:
+    """The window of start times ``text`` names: two hours ("between 3 and 5", "6 or 7") before a part of
+    the day ("monday morning", "после обеда", "after work"), else ``None``."""
+    folded = fold(text)
+    for regex, extra in ((_BETWEEN, 0), (_EITHER, 60)):
+        if (m := regex.search(folded)) and (window := _hours_window(m, extra)):
+            return window
+    for regex, after, before in _DAY_WINDOWS:
+        if m := regex.search(folded):
+            return TimeWindow(m.start(), m.end(), after, before)
+    return None
+
+
+def _hours_window(m: re.Match[str], extra: int) -> TimeWindow | None:
+    part = _day_part(m)
+    first, second = _bound(m["a"], part), _bound(m["b"], part)
+    if first is None or second is None:
+        return None
+    end = second[0] * 60 + second[1] + extra
+    if end <= first[0] * 60 + first[1] or end > 24 * 60:
+        return None
+    return TimeWindow(m.start(), m.end(), f"{first[0]:02d}:{first[1]:02d}", f"{end // 60:02d}:{end % 60:02d}")
+
+
+def _bound(token: str, part: str | None) -> tuple[int, int] | None:
+    hour_text, _, minute_text = token.replace(".", ":").partition(":")
+    hour = _hour_number(hour_text)
+    if hour is None:
+        return None
+    literal = hour_text.isdigit() and (hour_text.startswith("0") or hour > 12)
+    return _to_24h(hour, int(minute_text or 0), part, literal=literal)
