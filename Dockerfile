@@ -8,7 +8,7 @@ COPY bot ./bot
 COPY dialogs ./dialogs
 COPY channels ./channels
 COPY llm ./llm
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[voice]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 bookingbot

@@ -41,7 +41,7 @@ replay: install
 
 test: lint typecheck unit
 
-bench: install  # bench/turns.py; `make bench-webhooks` for the server
+bench: install  # bench/turns.py; `make bench-webhooks` for the server, `make bench-voice` for voice notes
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.turns
 
 # CPU time of `bookingbot --help`, `check-config` and `extract` next to bare Python (last line cli_startup_ms=X).
@@ -54,6 +54,10 @@ bench-cli: install
 bench-webhooks: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.webhooks
 
+# Token budgets (burst overspend), paraphrase cache and per-turn cost of the LLM, against the OpenAI double.
+.PHONY: bench-llm
+bench-llm: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.llm
 # Fault injection on real serve/worker processes: a worker killed, Redis killed and restarted; see bench/faults.py.
 .PHONY: bench-faults
 bench-faults: install
@@ -65,3 +69,12 @@ clean:
 # The terminal channel on the same embedded runtime.
 chat: $(VENV)/.demo-installed
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot chat --tenant demo
+
+# A voice note's turn end to end next to raw faster-whisper (bench/voice.py).
+.PHONY: bench-voice
+bench-voice: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.voice
+
+.PHONY: bench-calcom
+bench-calcom: install  # 100 customers booking at once through the pipeline against the cal.com double
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m bench.calcom

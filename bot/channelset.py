@@ -13,7 +13,7 @@ from bot.exceptions import ChannelNotConfigured
 from bot.sender import Outlet
 from bot.settings import Settings, TenantConfig
 from bot.webchat import WebChat
-from channels.base import Channel
+from channels.base import Channel, InboundMessage
 from channels.exceptions import SendError
 
 # The label of WhatsApp's "open the list" button, in the tenant's language.
@@ -61,6 +61,14 @@ class ChannelSet:
         if channel == "web":
             return self.webchat
         return self.webhook(tenant, channel)
+
+    async def fetch_media(self, msg: InboundMessage) -> bytes:
+        """The audio of ``msg``'s voice note, from its channel (the web chat keeps uploads in Redis)."""
+        if msg.voice is None:
+            raise ValueError("the message has no media")
+        if msg.channel == "web":
+            return await self.webchat.media(msg.tenant, msg.voice.id)
+        return await self.webhook(msg.tenant, msg.channel).fetch_media(msg.voice)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for chans in self._channels.values() for c in chans.values()))

@@ -106,6 +106,12 @@ async def cmd_chat(args: argparse.Namespace) -> int:
     )
 
 
+async def cmd_reminders(args: argparse.Namespace) -> int:
+    from bot.reminders import listing
+
+    return await listing(_settings(args), args.tenant)
+
+
 async def cmd_replay(args: argparse.Namespace) -> int:
     from bot.replay import Replayer, update_fixture
     from bot.runtime import Runtime
@@ -165,6 +171,33 @@ async def cmd_export(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+async def cmd_usage(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from bot import db
+    from bot.assist.usage import render, usage_lines
+    from bot.runtime import database_url
+
+    settings = _settings(args)
+    if args.tenant not in settings.tenants:
+        print(f"unknown tenant {args.tenant!r} (configured: {', '.join(settings.tenants)})", file=sys.stderr)
+        return 2
+    tz = ZoneInfo(settings.tenants[args.tenant].timezone)
+    month = args.month or datetime.now(tz).strftime("%Y-%m")
+    url = database_url(settings)
+    await db.migrate(url)
+    engine = db.make_engine(url)
+    try:
+        lines = await usage_lines(engine, args.tenant, tz, month)
+    except ValueError as exc:
+        print(f"bookingbot: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await engine.dispose()
+    print(render(args.tenant, month, lines))
     return 0
 
 
@@ -299,6 +332,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", default="terminal", choices=["terminal", "telegram", "whatsapp", "vk", "web"])
     p.add_argument("--user", help="continue this user's conversation (default: a new one)")
     p.add_argument("--now", help="freeze the clock at this ISO time with offset")
+    p = command("reminders", cmd_reminders, "list a tenant's scheduled reminders")
+    p.add_argument("--tenant", required=True)
     p = command("replay", cmd_replay, "run conversation fixtures")
     p.add_argument("paths", nargs="+")
     p.add_argument("--update", action="store_true", help="rewrite expectations from current behaviour")
@@ -310,6 +345,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--conversation", required=True, help="[tenant/]channel:user")
     p.add_argument("--tenant")
     p.add_argument("--out", help="file to write (default: stdout)")
+    p = command("usage", cmd_usage, "print a tenant's LLM token spend by day, purpose and model")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--month", help="YYYY-MM (default: this month in the tenant's timezone)")
     p = command("serve", cmd_serve, "run the webhook server and the web chat")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

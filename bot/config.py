@@ -29,10 +29,11 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from bot.exceptions import ConfigError
-from bot.settings import DialogConfig, Settings, TenantConfig, did_you_mean
+from bot.settings import BookingConfig, DialogConfig, Settings, TenantConfig, did_you_mean
 from dialogs.exceptions import Problem, TemplateError
 from dialogs.loader import available_templates, builtin_template, text_problems, validator_problems
 from dialogs.schema import Template
+from llm.stt import model_problem
 
 ENV_VAR = "BOOKINGBOT_CONFIG"
 DEFAULT_PATH = Path("config.yaml")
@@ -100,6 +101,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Setti
     findings += [(loc, message) for loc, message in schema if loc not in unresolved]
     semantic, template_problems = _cross_check(data, line)
     findings += semantic
+    findings += _voice_findings(settings) if settings is not None else []
     problems += [Problem(file, line(loc), message) for loc, message in findings]
     problems.sort(key=lambda p: p.line)
     problems += template_problems
@@ -389,10 +391,24 @@ def _cross_check(data: Any, line: LineOf) -> tuple[list[Finding], list[Problem]]
     findings: list[Finding] = []
     for tenant, parts in tenants.items():
         findings += _service_findings(tenant, parts.service_ids, line)
+        if parts.booking:
+            findings += _booking_findings(tenant, parts.service_ids, parts.booking)
         if parts.dialog:
             template = templates[parts.dialog.template]
             findings += _dialog_findings(("tenants", tenant), parts.locale, parts.dialog, template)
     return findings, template_problems
+
+
+def _voice_findings(settings: Settings) -> Iterator[Finding]:
+    """Every model a voice-enabled tenant uses must be loadable here (models are never downloaded)."""
+    for tenant, cfg in settings.tenants.items():
+        if not cfg.voice.enabled:
+            continue
+        own = cfg.voice.model is not None
+        loc: Loc = ("tenants", tenant, "voice", "model") if own else ("voice", "model")
+        problem = model_problem(cfg.voice.model or settings.voice.model)
+        if problem is not None:
+            yield loc, f"{_at(loc)}{problem} (voice is enabled for tenant {tenant!r})"
 
 
 @dataclass(frozen=True)
@@ -403,6 +419,7 @@ class _TenantParts:
     locale: str | None
     service_ids: list[Any]  # raw: a duplicate id is worth reporting even when a service is otherwise invalid
     dialog: DialogConfig | None
+    booking: BookingConfig | None
 
 
 def _tenant_parts(data: Any) -> dict[str, _TenantParts]:
@@ -416,7 +433,7 @@ def _parts(tenant: dict[str, Any]) -> _TenantParts:
     services = tenant.get("services")
     listed = services if isinstance(services, list) else []
     ids = [service.get("id") if isinstance(service, dict) else None for service in listed]
-    return _TenantParts(_field(tenant, "locale"), ids, _field(tenant, "dialog"))
+    return _TenantParts(_field(tenant, "locale"), ids, _field(tenant, "dialog"), _field(tenant, "booking"))
 
 
 def _field(tenant: dict[str, Any], name: str) -> Any:
@@ -439,6 +456,25 @@ def _service_findings(tenant: str, service_ids: list[Any], line: LineOf) -> Iter
             earlier = line(first[service_id])
             yield loc, f"{_at(loc)}duplicate service id {service_id!r} (first at line {earlier})"
         first.setdefault(service_id, loc)
+
+
+def _booking_findings(tenant: str, service_ids: list[Any], booking: BookingConfig) -> Iterator[Finding]:
+    """cal.com needs its block, and an event type for every service (and only for services)."""
+    at: Loc = ("tenants", tenant, "booking")
+    if booking.backend != "calcom":
+        return
+    if booking.calcom is None:
+        yield (*at, "backend"), f"{_at((*at, 'backend'))}backend 'calcom' needs a 'calcom:' block beside it"
+        return
+    loc: Loc = (*at, "calcom", "event_types")
+    services = [s for s in service_ids if isinstance(s, str)]
+    for service in services:
+        if service not in booking.calcom.event_types:
+            yield loc, f"{_at(loc)}service {service!r} has no cal.com event type"
+    for service in booking.calcom.event_types:
+        if service not in services:
+            hint = did_you_mean(service, services)
+            yield (*loc, service), f"{_at(loc)}{service!r} is not a service of this tenant{hint}"
 
 
 # --- what a tenant names in its dialog template -----------------------------------------------------------

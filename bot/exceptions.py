@@ -8,6 +8,7 @@ BotError
 │   ├── SlotTaken            the slot is no longer free (someone else booked it first)
 │   ├── BookingNotFound      no such booking (or it belongs to another tenant)
 │   └── BackendUnavailable   the backend could not be reached after retries
+│       └── RateLimited      the backend said 429 (``retry_after``: seconds until its window resets)
 ├── DeliveryFailed           a reply could not be sent after every attempt (the drain job retries)
 ├── CrmError                 the CRM (erxes) refused or failed; bot.crm.erxes.map_error is the one mapper
 │   ├── CrmUnavailable       network error, timeout, 5xx: try again later
@@ -54,7 +55,15 @@ class BookingNotFound(BookingError):
 
 
 class BackendUnavailable(BookingError):
-    pass
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient  # False: retrying cannot help (e.g. the API key is refused)
+
+
+class RateLimited(BackendUnavailable):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, transient=False)
+        self.retry_after = retry_after
 
 
 class DeliveryFailed(BotError):

@@ -70,6 +70,6 @@ def _action(row: LoggedMessage) -> dict[str, str]:
         return {"press": row.text or ""}
     if row.phone is not None:
         return {"contact": row.phone}
-    if row.voice is not None:
-        return {"voice": row.voice}
+    if row.voice is not None:  # the provider's media id, and what was heard (replayed without the audio)
+        return {"voice": row.voice, "heard": row.text} if row.text else {"voice": row.voice}
     return {"user": row.text or ""}

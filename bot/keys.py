@@ -83,6 +83,11 @@ def webchat_outbox(tenant: str, user_id: str) -> str:
     return f"{PREFIX}:{tenant}:webchat:{user_id}"
 
 
+def webchat_voice(tenant: str, media_id: str) -> str:
+    """A voice note uploaded from the web chat page, until a drain transcribes it (bytes, with a TTL)."""
+    return f"{PREFIX}:{tenant}:webchat-voice:{media_id}"
+
+
 def webchat_secret(tenant: str) -> str:
     """The key that signs a tenant's web chat identities (created once, shared by every server process)."""
     return f"{PREFIX}:{tenant}:webchat-secret"
@@ -106,6 +111,11 @@ JOB_QUEUE: str = default_queue_name
 """arq's default queue (a sorted set of job ids scored by run time in ms)."""
 
 
+def reminders(tenant: str) -> str:
+    """A tenant's scheduled reminders (a sorted set: ``<booking id>|<start>|<offset>`` scored by when it is due)."""
+    return f"{PREFIX}:{tenant}:reminders"
+
+
 def worker_heartbeat(queue: str) -> str:
     """A running worker's heartbeat (arq's health-check key: refreshed by its poll loop with an expiry, deleted
     when it stops); ``bookingbot worker --check`` reads it. Per queue, not per tenant: a worker serves all."""
@@ -120,3 +130,14 @@ def scratch(tenant: str, name: str) -> str:
 def handoffs(tenant: str) -> str:
     """Hash: conversation -> JSON of its open handoff to a person (``bookingbot handoff list|resume``)."""
     return f"{PREFIX}:{tenant}:handoffs"
+
+
+def llm_budget(tenant: str, scope: str, period: str) -> str:
+    """A token budget's ledger for one period (a hash, see :mod:`llm.quota`): ``scope`` is ``day``, ``month``
+    or ``conv:<conversation>`` (a conversation's day); ``period`` is ``YYYY-MM-DD`` or ``YYYY-MM``."""
+    return f"{PREFIX}:{tenant}:llm-budget:{scope}:{period}"
+
+
+def paraphrase(tenant: str, digest: str) -> str:
+    """A cached paraphrase (or the verdict to keep the template text) of one rendered reply."""
+    return f"{PREFIX}:{tenant}:paraphrase:{digest}"

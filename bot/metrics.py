@@ -57,7 +57,27 @@ async def observe_outbox(outbox: Outbox) -> None:
         OUTBOX_ROWS.labels(status).set(rows)
         OUTBOX_AGE.labels(status).set(age)
 
+VOICE_NOTES = Counter("bookingbot_voice_notes_total", "Voice notes by outcome", ["channel", "outcome"])
+VOICE_SECONDS = Histogram(
+    "bookingbot_voice_seconds",
+    "Time to fetch, decode and transcribe one voice note",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus' text format, and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST
+
+LLM_CALLS = Counter(
+    "bookingbot_llm_calls_total", "LLM calls by purpose and outcome (over_budget: not made)", ["purpose", "outcome"]
+)
+LLM_TOKENS = Counter("bookingbot_llm_tokens_total", "Tokens the LLM provider reported", ["purpose", "kind"])
+LLM_BUDGET_ALERTS = Counter(
+    "bookingbot_llm_budget_alerts_total", "Token budgets crossing 80% / 100% (once per period)", ["budget", "threshold"]
+)
+LLM_PARAPHRASES = Counter(
+    "bookingbot_llm_paraphrases_total",
+    "Replies to paraphrase by source: cache (no call), llm (fresh paraphrase), template (refused/failed/over budget)",
+    ["source"],
+)

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from bot import effects, keys
 from bot.messagelog import LoggedMessage
 from bot.runtime import Runtime, Tenant
+from bot.voice import MediaFetch
 from channels.base import InboundMessage, OutboundMessage, OutButton
 from dialogs.model import Reply, StepResult, UserInput
 from dialogs.session import Session
@@ -50,8 +51,9 @@ def _outbound(msg: InboundMessage, replies: list[Reply]) -> list[OutboundMessage
 
 
 class Pipeline:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, media: MediaFetch | None = None) -> None:
         self.rt = runtime
+        self.media = media  # where voice notes' audio comes from (None: voice notes are not transcribed)
 
     async def handle(self, msg: InboundMessage, now: datetime) -> Turn:
         tenant = self.rt.tenant(msg.tenant)
@@ -61,14 +63,19 @@ class Pipeline:
         elif session.last_event == msg.event_id:
             return await self._answered(msg, session, now)
         pressed = next((b.label for b in session.offered if msg.button and b.value == msg.button), None)
-        turn = Turn(session)
-        user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone, voice=msg.voice is not None)
+        if msg.voice is not None:  # speech-to-text: the transcript then goes on exactly like typed text
+            user_input = await self.rt.voice.hear(msg, tenant, self.media)
+        else:
+            user_input = UserInput(text=msg.text, button=msg.button, phone=msg.phone)
+        turn = Turn(session, replies=self.rt.voice.echo(tenant, user_input))
         await self._apply(turn, tenant, await tenant.engine.step(session, user_input, now, tenant.calendar), now)
+        if tenant.assistant is not None:  # paraphrased before the save, so a redriven turn resends the same words
+            turn.replies = await tenant.assistant.paraphrase(session, turn.replies)
         session.last_event = msg.event_id
         turn.outbound = _outbound(msg, turn.replies)
         await self.rt.sessions.save(session, REPLIES.dump_json(turn.outbound).decode() if turn.outbound else "")
-        self._log(msg, turn, now, pressed)
-        await effects.mirror(tenant, msg.conversation, pressed or msg.text, [r.text for r in turn.replies])
+        self._log(msg, turn, now, pressed or user_input.text)
+        await effects.mirror(tenant, msg.conversation, pressed or user_input.text, [r.text for r in turn.outbound])
         return turn
 
     async def _answered(self, msg: InboundMessage, session: Session, now: datetime) -> Turn:
@@ -77,7 +84,7 @@ class Pipeline:
         natural keys, so rows already written stay single)."""
         stored = await self.rt.redis.get(keys.replies(msg.tenant, msg.conversation, msg.event_id))
         turn = Turn(session, duplicate=True, outbound=[] if stored is None else REPLIES.validate_json(stored))
-        self._log(msg, turn, now, None)
+        self._log(msg, turn, now, msg.text)
         return turn
 
     async def _apply(self, turn: Turn, tenant: Tenant, result: StepResult, now: datetime) -> None:
@@ -89,10 +96,11 @@ class Pipeline:
                 reaction = await tenant.engine.resolve(turn.session, outcome, now, tenant.calendar)
                 await self._apply(turn, tenant, reaction, now)
 
-    def _log(self, msg: InboundMessage, turn: Turn, now: datetime, pressed: str | None) -> None:
+    def _log(self, msg: InboundMessage, turn: Turn, now: datetime, text: str) -> None:
         """Log the inbound message and the replies, each with the dialog state after the turn (for export).
 
-        A pressed button is logged with its label as the text, so an exported fixture can ``press:`` it.
+        A pressed button is logged with its label as the text, so an exported fixture can ``press:`` it; a
+        voice note with its transcript as the text and its media reference as ``voice``.
         """
         inbound = LoggedMessage(
             tenant=msg.tenant,
@@ -100,7 +108,7 @@ class Pipeline:
             channel=msg.channel,
             direction="in",
             at=now,
-            text=pressed or msg.text,
+            text=text,
             button=msg.button,
             voice=msg.voice.id if msg.voice else None,
             phone=msg.phone,

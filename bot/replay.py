@@ -7,8 +7,10 @@ is purged afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,7 +44,8 @@ class Step(_Strict):
     user: str | None = None
     press: str | None = None
     press_index: int | None = None
-    voice: str | None = None
+    voice: str | None = None  # an audio file, transcribed (relative to the fixture's directory or a parent)
+    heard: str | None = None  # with ``voice``: the transcript to use when the file is not there (exports)
     contact: str | None = None  # a shared contact's phone number
     wait: str | None = None
     expect: Expect | None = None
@@ -54,6 +57,8 @@ class Step(_Strict):
         ]
         if len(actions) != 1:
             raise ValueError(f"a turn needs exactly one of user/press/press_index/voice/contact/wait, got {actions}")
+        if self.heard is not None and self.voice is None:
+            raise ValueError("heard: goes with a voice: turn")
         if self.wait is not None and not _DURATION.match(self.wait):
             raise ValueError(f"wait: {self.wait!r} is not a duration like 30m, 2h, 1d")
         return self
@@ -126,10 +131,27 @@ def load_fixture(path: Path) -> Fixture:
         raise ValueError(f"{path}: {where}: {first['msg']}") from exc
 
 
+# Puts a fixture's ``calendar:`` state into the tenant's calendar; the default blocks it in the backend. A
+# backend that cannot block time through the bot (cal.com) is prepared by its own (a test double's) setup.
+CalendarSetup = Callable[[Fixture, Tenant], Awaitable[None]]
+
+
+async def block_busy(fixture: Fixture, tenant: Tenant) -> None:
+    for busy in fixture.calendar.busy:
+        await tenant.calendar.block(local_time(busy.start, tenant), busy.minutes)
+
+
+def local_time(text: str, tenant: Tenant) -> datetime:
+    """A fixture's time; without an offset it is in the tenant's timezone."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=tenant.profile.tz)
+
+
 class Replayer:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, calendar_setup: CalendarSetup = block_busy) -> None:
         self.rt = runtime
-        self.pipeline = Pipeline(runtime)
+        self.pipeline = Pipeline(runtime, media=_read_voice)
+        self.calendar_setup = calendar_setup
 
     async def run(self, path: Path) -> Result:
         result = Result(path)
@@ -140,8 +162,9 @@ class Replayer:
             return result
         result.pending = fixture.pending
         base = self.rt.tenant(fixture.tenant)
-        tenant = self.rt.add_tenant(f"{fixture.tenant}~{uuid.uuid4().hex[:8]}", base.config)
+        tenant = self.rt.add_tenant(f"{fixture.tenant}~{uuid.uuid4().hex[:8]}", base.config, alias_of=base.id)
         try:
+            await self.calendar_setup(fixture, tenant)
             await _Conversation(self.pipeline, tenant, fixture, result).play()
         finally:
             await self.rt.drop_tenant(tenant.id)
@@ -153,6 +176,7 @@ class _Conversation:
 
     def __init__(self, pipeline: Pipeline, tenant: Tenant, fixture: Fixture, result: Result) -> None:
         self.pipeline = pipeline
+        self.home = result.path.resolve().parent  # the fixture's directory: voice files are found from there
         self.tenant = tenant
         self.fixture = fixture
         self.result = result
@@ -162,8 +186,6 @@ class _Conversation:
         self.counter = 0
 
     async def play(self) -> None:
-        for busy in self.fixture.calendar.busy:
-            await self.tenant.calendar.block(self._local(busy.start), busy.minutes)
         for number, step in enumerate(self.fixture.turns, start=1):
             if step.wait is not None:
                 amount, unit = _DURATION.match(step.wait).groups()  # type: ignore[union-attr]
@@ -193,13 +215,23 @@ class _Conversation:
             "event_id": f"{self.user}-{self.counter}",
             "sent_at": self.now,
         }
-        if step.voice is not None:  # the file path is the media reference; speech-to-text plugs in before the engine
-            return InboundMessage(**common, voice=MediaRef(id=step.voice, mime="audio/ogg"))
+        if step.voice is not None:
+            return self._voice(step.voice, step.heard, common)
         if step.contact is not None:
             return InboundMessage(**common, phone=step.contact)
         if step.user is not None:
             return InboundMessage(**common, text=step.user)
         return InboundMessage(**common, button=self._button(step))
+
+    def _voice(self, voice: str, heard: str | None, common: dict[str, Any]) -> InboundMessage:
+        """A voice note: the file (its path is the media reference, read by :func:`_read_voice`), or the
+        transcript an exported fixture recorded (a provider's media id is no file here)."""
+        for base in (self.home, *self.home.parents):
+            if (base / voice).is_file():
+                return InboundMessage(**common, voice=MediaRef(id=str(base / voice), mime="audio/ogg"))
+        if heard is not None:
+            return InboundMessage(**common, text=heard, voice=MediaRef(id=voice))
+        raise LookupError(f"voice file {voice!r} not found from {self.home} (and no heard: transcript)")
 
     def _button(self, step: Step) -> str:
         buttons = [b for r in (self.last.replies if self.last else []) for b in r.buttons]
@@ -249,9 +281,12 @@ class _Conversation:
         if not matches:
             self.result.failures.append(f"{where}: bookings {got}, expected {want}")
 
-    def _local(self, text: str) -> datetime:
-        moment = datetime.fromisoformat(text)
-        return moment if moment.tzinfo else moment.replace(tzinfo=self.tenant.profile.tz)
+
+
+
+async def _read_voice(msg: InboundMessage) -> bytes:
+    assert msg.voice is not None
+    return await asyncio.to_thread(Path(msg.voice.id).read_bytes)
 
 
 def update_fixture(path: Path, result: Result) -> None:

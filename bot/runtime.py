@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import db, keys, tables
 from bot import redis as redis_conn
-from bot.booking.base import BookingBackend
+from bot.assist.wiring import Assistant, build_assistant
+from bot.booking.base import BookingBackend, BookingWritten
 from bot.booking.local import LocalCalendar
 from bot.crm.erxes import ErxesClient
 from bot.crm.outbox import Outbox
@@ -36,13 +38,16 @@ from bot.handoff import HandoffDesk
 from bot.inbox import Inbox
 from bot.messagelog import MessageLog
 from bot.profile import tenant_profile
+from bot.reminders import Reminders, Reminding
 from bot.retry import Backoff
 from bot.sessions import SessionStore
 from bot.settings import Settings, TenantConfig
+from bot.voice import Voice
 from dialogs.engine import Engine
 from dialogs.exceptions import Problem
 from dialogs.loader import builtin_template
-from dialogs.ports import TenantProfile
+from dialogs.ports import SlotFallback, TenantProfile
+from llm.provider import close_clients
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +59,66 @@ class Tenant:
     profile: TenantProfile
     engine: Engine
     calendar: BookingBackend
+    assistant: Assistant | None = None  # the tenant's LLM, when it is on
     crm: CrmRecorder | None = None  # queues CRM work (None: no crm block)
     erxes: ErxesSync | None = None  # delivers it
     desk: HandoffDesk | None = None  # where handoffs to a person go (set by the Runtime, which has Redis)
 
 
-def build_engine(profile: TenantProfile, cfg: TenantConfig) -> Engine:
+def build_engine(profile: TenantProfile, cfg: TenantConfig, slot_fallback: SlotFallback | None = None) -> Engine:
     overrides = {name: (o.required, o.validators) for name, o in cfg.dialog.slots.items()}
     return Engine(
         builtin_template(cfg.dialog.template),
         profile,
         max_attempts=cfg.dialog.max_attempts,
         slot_overrides=overrides,
+        slot_fallback=slot_fallback,
     )
 
 
-def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tenant:
-    """A tenant's profile, dialog engine, booking backend and CRM, from its config."""
+def build_tenant(
+    tenant_id: str,
+    cfg: TenantConfig,
+    engine: AsyncEngine,
+    assistant: Assistant | None = None,
+    reminders: Reminders | None = None,
+) -> Tenant:
+    """A tenant's profile, dialog engine, booking backend and CRM, from its config (with its LLM, when it is
+    on, and its reminders, if any)."""
     profile = tenant_profile(tenant_id, cfg)
     crm = erxes = None
     if cfg.crm is not None:
         crm = CrmRecorder(engine, tenant_id, cfg.crm.erxes, {s.id: s.label for s in cfg.services})
         erxes = ErxesSync(ErxesClient(cfg.crm.erxes))
-    calendar = LocalCalendar(
+    calendar = build_calendar(tenant_id, cfg, engine, crm.booking_written if crm else None)
+    offsets = cfg.reminders.offsets()
+    if reminders is not None and offsets:
+        calendar = Reminding(calendar, reminders, offsets, lambda: datetime.now(UTC))
+    fallback = assistant if assistant is not None and assistant.llm.extract else None
+    engine_ = build_engine(profile, cfg, fallback)
+    return Tenant(tenant_id, cfg, profile, engine_, calendar, assistant, crm=crm, erxes=erxes)
+
+
+def build_calendar(
+    tenant_id: str, cfg: TenantConfig, engine: AsyncEngine, on_write: BookingWritten | None = None
+) -> BookingBackend:
+    if cfg.booking.backend == "calcom":
+        assert cfg.booking.calcom is not None, "check-config requires the calcom block"
+        from bot.booking.calcom import CalcomCalendar
+
+        return CalcomCalendar(
+            engine,
+            tenant_id,
+            ZoneInfo(cfg.timezone),
+            cfg.hours,
+            {s.id: s.minutes for s in cfg.services},
+            cfg.booking.calcom,
+            locale=cfg.locale,
+            horizon_days=cfg.booking.horizon_days,
+            cache_seconds=cfg.booking.availability_cache_seconds,
+            on_write=on_write,
+        )
+    return LocalCalendar(
         engine,
         tenant_id,
         ZoneInfo(cfg.timezone),
@@ -85,9 +127,8 @@ def build_tenant(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Tena
         cfg.booking.slot_step,
         cfg.booking.horizon_days,
         cache_seconds=cfg.booking.availability_cache_seconds,
-        on_write=crm.booking_written if crm else None,
+        on_write=on_write,
     )
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg), calendar, crm, erxes)
 
 
 def database_url(settings: Settings) -> str:
@@ -106,6 +147,8 @@ class Runtime:
         self.inbox = Inbox(redis)
         self.outbox = Outbox(engine)
         self.relay: OutboxRelay | None = None
+        self.voice = Voice(settings)
+        self.reminders = Reminders(redis)
         self.tenants: dict[str, Tenant] = {}
         for tenant_id, cfg in settings.tenants.items():
             self.add_tenant(tenant_id, cfg)
@@ -139,10 +182,13 @@ class Runtime:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def add_tenant(self, tenant_id: str, cfg: TenantConfig) -> Tenant:
-        """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant)."""
+    def add_tenant(self, tenant_id: str, cfg: TenantConfig, *, alias_of: str | None = None) -> Tenant:
+        """Build a tenant (also used by replay to run a fixture under a fresh alias of a configured tenant: an
+        alias shares its tenant's paraphrase cache, which holds nothing of a conversation)."""
+        profile = tenant_profile(tenant_id, cfg)
+        llm = build_assistant(profile, self.settings.llm, cfg.llm, self.redis, self.db, cache_of=alias_of)
         desk = HandoffDesk(self.redis, self.sessions, cfg.handoff.webhook_url)
-        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db), desk=desk)
+        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db, llm, self.reminders), desk=desk)
         self.tenants[tenant_id] = tenant
         return tenant
 
@@ -165,9 +211,11 @@ class Runtime:
 
     async def drop_tenant(self, tenant_id: str) -> None:
         """Forget a tenant and delete all its data: rows in every table and every Redis key (replay, bench)."""
-        dropped = self.tenants.pop(tenant_id, None)
-        if dropped is not None and dropped.erxes is not None:
-            await dropped.erxes.client.aclose()
+        tenant = self.tenants.pop(tenant_id, None)
+        if tenant is not None:
+            await tenant.calendar.aclose()
+            if tenant.erxes is not None:
+                await tenant.erxes.client.aclose()
         await self.log.flush()
         async with self.db.begin() as conn:
             for table in tables.TENANT_TABLES:
@@ -179,8 +227,11 @@ class Runtime:
         if self.relay is not None:
             await self.relay.aclose()
         for tenant in self.tenants.values():
+            await tenant.calendar.aclose()
             if tenant.erxes is not None:
                 await tenant.erxes.client.aclose()
+        self.voice.close()
+        await close_clients()
         await self.log.aclose()
         await redis_conn.close(self.redis)
         await self.db.dispose()

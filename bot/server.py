@@ -3,7 +3,9 @@
 Routes::
 
     POST /webhooks/telegram/{tenant}    GET + POST /webhooks/whatsapp/{tenant}    POST /webhooks/vk/{tenant}
+    POST /webhooks/calcom/{tenant}      (cal.com's booking events: bot.booking.calcom_webhooks)
     GET  /chat/{tenant}                 POST /chat/{tenant}/messages              GET /chat/{tenant}/messages
+    POST /chat/{tenant}/voice           (a recorded voice note: the audio file as the body)
     GET  /health                        GET  /health/ready                        GET /metrics
 
 A webhook is verified with the URL's tenant's secret, parsed, and each message handed to
@@ -14,6 +16,7 @@ Input errors never give a 500:
 malformed body, bad query                              400
 Telegram secret header wrong or missing                401
 WhatsApp ``X-Hub-Signature-256`` wrong or missing      401 (the GET handshake's wrong token: 403)
+cal.com ``X-Cal-Signature-256`` wrong or missing       401
 VK ``secret`` wrong (or another community's event)     403 (VK puts the secret in the body)
 unknown tenant, channel not configured for the tenant  404
 body over 1 MB (``Content-Length`` or streamed)        413
@@ -44,9 +47,11 @@ from sqlalchemy import text
 
 from bot import metrics
 from bot.bodydeadline import BODY_TIMEOUT_S, BodyDeadline, BodyTimeout
+from bot.booking import calcom_webhooks
 from bot.exceptions import ChannelNotConfigured
 from bot.ingest import Accepted, InProcess
 from bot.runtime import Runtime
+from bot.sender import Sender
 from bot.settings import Settings
 from bot.webchat import MAX_WAIT_S
 from bot.worker import Services, freeze_startup_objects
@@ -143,6 +148,8 @@ async def _start(state: _State) -> None:
     state.tasks.append(asyncio.create_task(services.webchat.listen()))
     scheduler = services.ingest.scheduler
     if isinstance(scheduler, InProcess):
+        sender = Sender(services.runtime.redis, services.channels.outlet)  # embedded: no arq to run reminders
+        state.tasks.append(asyncio.create_task(services.runtime.reminders.loop(services.runtime, sender)))
         recovered = await scheduler.recover(services.runtime.redis, list(services.runtime.tenants))
         if recovered:
             log.info("restarted %d drains left scheduled by a previous run", recovered)
@@ -167,18 +174,19 @@ async def _body_timeout(_request: Request, exc: Exception) -> Response:
     return _refusal(_Refused(408, str(exc)))
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise _Refused(400, "bad Content-Length")
-    if declared is not None and (len(declared) > len(str(MAX_BODY)) or int(declared) > MAX_BODY):
-        raise _Refused(413, "body over 1 MB")
+    too_large = "body over 1 MB" if limit == MAX_BODY else f"body over {limit:,} bytes"
+    if declared is not None and (len(declared) > len(str(limit)) or int(declared) > limit):
+        raise _Refused(413, too_large)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise _Refused(413, "body over 1 MB")
+        if size > limit:
+            raise _Refused(413, too_large)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -193,6 +201,8 @@ def _adapter(services: Services, tenant: str, channel: str) -> Channel:
 async def _accept_webhook(state: _State, request: Request, channel: str) -> Response:
     services = state.require()
     tenant = request.path_params["tenant"]
+    if channel == calcom_webhooks.CHANNEL:
+        return await _accept_calcom(services, request, tenant)
     adapter = _adapter(services, tenant, channel)
     body = await _read_body(request)
     try:
@@ -206,6 +216,26 @@ async def _accept_webhook(state: _State, request: Request, channel: str) -> Resp
         outcome = await services.ingest.accept(msg)
         metrics.INGESTED.labels(channel, outcome.name.lower()).inc()
     return PlainTextResponse(parsed.reply or "ok")
+
+
+async def _accept_calcom(services: Services, request: Request, tenant: str) -> Response:
+    """A cal.com webhook: the tenant's webhook secret, then the same ingest as a chat message."""
+    cfg = services.runtime.settings.tenants.get(tenant)
+    calcom = cfg.booking.calcom if cfg is not None and cfg.booking.backend == "calcom" else None
+    if calcom is None:
+        raise _Refused(404, f"tenant {tenant!r} does not book through cal.com")
+    body = await _read_body(request)
+    try:
+        calcom_webhooks.verify(calcom.webhook_secret, request.headers, body)
+        msg = calcom_webhooks.parse(tenant, body)
+    except BadSignature as exc:
+        raise _Refused(401, str(exc)) from None
+    except BadPayload as exc:
+        raise _Refused(400, str(exc)) from None
+    if msg is not None:
+        outcome = await services.ingest.accept(msg)
+        metrics.INGESTED.labels(calcom_webhooks.CHANNEL, outcome.name.lower()).inc()
+    return PlainTextResponse("ok")
 
 
 def _webhook_routes(app: FastAPI, state: _State) -> None:
@@ -241,6 +271,7 @@ def _webhook_routes(app: FastAPI, state: _State) -> None:
 
     for channel in ("telegram", "whatsapp", "vk"):
         app.router.add_route(f"/webhooks/{channel}/{{tenant}}", endpoint(channel), methods=["POST"])
+    app.router.add_route("/webhooks/calcom/{tenant}", endpoint(calcom_webhooks.CHANNEL), methods=["POST"])
     app.router.add_route("/webhooks/whatsapp/{tenant}", whatsapp_handshake, methods=["GET"])
 
 
@@ -285,6 +316,28 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
         body = {"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}
         return JSONResponse(body, status_code=202)
 
+    @app.post("/chat/{tenant}/voice")
+    async def post_voice(tenant: str, request: Request) -> Response:
+        """A voice note recorded on the page: kept in Redis, then a message that refers to it is ingested."""
+        try:
+            services = known(tenant)
+            user_id, event_id, mime = _voice_params(request)
+            await _authorize(services, request, tenant, user_id)
+            audio = await _read_body(request, services.runtime.settings.voice.max_bytes)
+            if not audio:
+                raise _Refused(400, "empty body: send the recorded audio file")
+            media_id = await services.webchat.keep_media(tenant, audio)
+            msg = web.voice_message(tenant, user_id, event_id, media_id, mime)
+            outcome = await services.ingest.accept(msg)
+        except _Refused as exc:
+            return _refusal(exc)
+        except RedisError as exc:
+            log.error("web chat voice note not accepted, Redis failed: %s", exc)
+            return _refusal(_Refused(503, "storage unavailable, retry later"))
+        metrics.INGESTED.labels("web", outcome.name.lower()).inc()
+        body = {"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}
+        return JSONResponse(body, status_code=202)
+
     @app.get("/chat/{tenant}/messages")
     async def get_messages(tenant: str, request: Request) -> Response:
         try:
@@ -318,6 +371,19 @@ async def _authorize(services: Services, request: Request, tenant: str, user_id:
     """A web chat call must carry the token the page was served with for this ``user_id``."""
     if not await services.webchat.authorized(tenant, user_id, request.headers.get(CHAT_TOKEN_HEADER)):
         raise _Refused(401, f"missing or wrong {CHAT_TOKEN_HEADER} for this user_id")
+
+
+def _voice_params(request: Request) -> tuple[str, str | None, str]:
+    user_id = request.query_params.get("user_id", "")
+    event_id = request.query_params.get("event_id")
+    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not _USER_ID.match(user_id):
+        raise _Refused(400, "user_id: 1-64 of A-Z a-z 0-9 _ . : -")
+    if event_id is not None and not _USER_ID.match(event_id):
+        raise _Refused(400, "event_id: 1-64 of A-Z a-z 0-9 _ . : -")
+    if not mime.startswith(("audio/", "video/webm")):  # browsers label recorded WebM audio either way
+        raise _Refused(415, "Content-Type must be the recording's audio type, e.g. audio/webm or audio/ogg")
+    return user_id, event_id, mime
 
 
 def _poll_params(request: Request) -> tuple[str, int, float]:

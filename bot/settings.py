@@ -124,13 +124,59 @@ class HandoffConfig(Model):
     quiet_minutes: int = Field(default=120, ge=1, le=7 * 24 * 60, description="bot resumes after this silence")
 
 
+_DURATION = re.compile(r"^(\d+)([mhd])$")
+_UNIT_MINUTES = {"m": 1, "h": 60, "d": 24 * 60}
+
+
+def duration_minutes(value: str) -> int:
+    """``"24h"`` / ``"90m"`` / ``"2d"`` in minutes."""
+    match = _DURATION.match(value)
+    if match is None or int(match[1]) == 0:
+        raise ValueError(f"{value!r} is not a duration: use a positive number with m, h or d, like 24h or 90m")
+    return int(match[1]) * _UNIT_MINUTES[match[2]]
+
+
+def _duration(value: str) -> str:
+    duration_minutes(value)
+    return value
+
+
+class CalcomConfig(Model):
+    """A tenant's cal.com (hosted or a self-hosted Cal.diy) account, reached through API v2."""
+
+    api_base: Annotated[str, _matching(r"https?://[^\s/]+(/[^\s]*)?", "use an http(s) origin like https://api.cal.com")]
+    api_key: str = Field(min_length=1, description="Authorization: Bearer cal_...")
+    webhook_secret: str = Field(default="", description="signs POST /webhooks/calcom/<tenant>; empty: refused")
+    event_types: dict[ServiceId, int] = Field(description="service id -> cal.com event type id")
+    guest_email_domain: str = Field(
+        default="no-email.invalid", description="attendee email <customer id>@this when the customer gave none"
+    )
+
+
 class BookingConfig(Model):
-    backend: Literal["local"] = "local"  # "calcom" arrives with the cal.com issue
+    backend: Literal["local", "calcom"] = "local"
+    calcom: CalcomConfig | None = None
     slot_step: int = Field(default=30, gt=0, le=24 * 60, description="minutes between offered start times")
     horizon_days: int = Field(default=30, gt=0, le=366, description="how far ahead customers may book")
     availability_cache_seconds: float = Field(
         default=2.0, ge=0, le=60, description="how long free times read from the calendar are reused; 0: never"
     )
+
+
+class WhatsAppTemplateConfig(Model):
+    name: str = Field(min_length=1)
+    language: str = Field(default="en", min_length=2)
+
+
+class RemindersConfig(Model):
+    before: list[Annotated[str, AfterValidator(_duration)]] = Field(
+        default_factory=list, description="durations before the start (24h, 2h, 30m); [] turns reminders off"
+    )
+    whatsapp_template: WhatsAppTemplateConfig | None = None
+
+    def offsets(self) -> list[int]:
+        """The reminder offsets in minutes before the start, largest first, without repeats."""
+        return sorted({duration_minutes(b) for b in self.before}, reverse=True)
 
 
 class SlotOverride(Model):
@@ -175,6 +221,60 @@ class CrmConfig(Model):
     erxes: ErxesConfig
 
 
+class VoiceConfig(Model):
+    """Speech-to-text of voice notes (global): see ``llm.stt``. The language is each tenant's locale."""
+
+    model: str = Field(default="tiny.en", description="a packaged model name, or a CTranslate2 model directory")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: Literal[
+        "default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+        "bfloat16", "float32",
+    ] = "int8"  # fmt: skip
+    max_seconds: float = Field(default=120, gt=0, le=3600, description="longer notes are refused politely")
+    max_bytes: int = Field(default=5_000_000, gt=0, le=100_000_000)
+    echo: bool = Field(default=False, description='reply "I heard: ..." before answering')
+    beam_size: int = Field(default=1, ge=1, le=10)
+    workers: int = Field(default=1, ge=1, le=16, description="voice notes transcribed at once per process")
+    cpu_threads: int = Field(default=0, ge=0, le=64, description="threads per voice note; 0: one per core, at most 4")
+
+
+class TenantVoice(Model):
+    enabled: bool = False
+    model: str | None = Field(default=None, description="this tenant's model (default: voice.model)")
+
+
+def _http_url(value: str | None) -> str | None:
+    if value and not re.fullmatch(r"https?://[^\s/]+\S*", value):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value or None
+
+
+HttpUrl = Annotated[str | None, AfterValidator(_http_url)]
+
+
+class BudgetConfig(Model):
+    """Token budgets (prompt + completion); unset: no limit of that kind. Days are in the tenant's timezone."""
+
+    daily_tokens: int | None = Field(default=None, ge=0)
+    monthly_tokens: int | None = Field(default=None, ge=0)
+    customer_daily_tokens: int | None = Field(default=None, ge=0, description="per conversation and day")
+    alert_webhook: HttpUrl = Field(default=None, description="POSTed at 80% and 100% of a budget")
+
+
+class LLMConfig(Model):
+    """The ``llm:`` block, global or per tenant; a tenant's keys override the global ones key by key
+    (``budget`` too). See :func:`bot.assist.wiring.effective_llm`."""
+
+    base_url: HttpUrl = None
+    api_key: str | None = None
+    model: str | None = Field(default=None, min_length=1)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=120)
+    paraphrase: bool | None = None
+    style: str | None = Field(default=None, max_length=500)
+    extract: bool | None = None
+    budget: BudgetConfig | None = None
+
+
 class TenantConfig(Model):
     name: str
     locale: Literal["en", "ru"] = "en"
@@ -185,11 +285,16 @@ class TenantConfig(Model):
     )
     services: list[ServiceConfig] = Field(min_length=1)
     booking: BookingConfig = Field(default_factory=BookingConfig)
+    reminders: RemindersConfig = Field(default_factory=RemindersConfig)
     dialog: DialogConfig = Field(default_factory=DialogConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     crm: CrmConfig | None = Field(default=None, description="no crm block: no CRM")
     info: InfoConfig = Field(default_factory=InfoConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    voice: TenantVoice = Field(default_factory=TenantVoice)
+
+
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     staff_token: str | None = Field(
         default=None, min_length=16, description="enables /staff/<tenant>?token=...: the read-only bookings page"
     )
@@ -205,9 +310,11 @@ class Settings(Model):
     database_url: str | None = Field(default=None, description="unset: SQLite under data_dir")
     data_dir: str = "./var"
     session_ttl_days: int = Field(default=30, gt=0)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
     dead_letter_after_minutes: float = Field(
         default=10, gt=0, description="how long a message may keep failing before it is dead-lettered"
     )
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     tenants: dict[TenantId, TenantConfig] = Field(min_length=1)
 
     @field_validator("redis_url", "database_url", mode="before")

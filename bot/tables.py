@@ -165,6 +165,24 @@ class CrmOutboxRow(SQLModel, table=True):
     done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class LLMUsage(SQLModel, table=True):
+    """One call to the LLM provider: who it was for, why, and the tokens the provider reported."""
+
+    __tablename__ = "llm_usage"
+    __table_args__ = (Index("ix_llm_usage_at", "tenant", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_AUTO_ID)
+    tenant: str
+    conversation: str
+    purpose: str  # "paraphrase" | "extract"
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens the provider served from its prompt cache
+    outcome: str  # ok | rejected | error | timeout
+    at: datetime = Field(sa_type=UTCDateTime)
+
+
 # The same tables for SQLAlchemy Core (``CELLS.c.cell``), which the hot paths use: no ORM session overhead.
 CUSTOMERS: Table = SQLModel.metadata.tables["customers"]
 CONVERSATIONS: Table = SQLModel.metadata.tables["conversations"]
@@ -173,6 +191,7 @@ BOOKINGS: Table = SQLModel.metadata.tables["bookings"]
 CELLS: Table = SQLModel.metadata.tables["booking_cells"]
 GRIDS: Table = SQLModel.metadata.tables["calendar_grids"]
 CRM_OUTBOX: Table = SQLModel.metadata.tables["crm_outbox"]
+LLM_USAGE: Table = SQLModel.metadata.tables["llm_usage"]
 
 # Every table has a ``tenant`` column: deleting a tenant's rows from these removes all of its data.
-TENANT_TABLES: tuple[Table, ...] = (CUSTOMERS, CONVERSATIONS, MESSAGES, BOOKINGS, CELLS, GRIDS, CRM_OUTBOX)
+TENANT_TABLES: tuple[Table, ...] = (CUSTOMERS, CONVERSATIONS, MESSAGES, BOOKINGS, CELLS, GRIDS, CRM_OUTBOX, LLM_USAGE)

@@ -13,6 +13,7 @@ must carry the token, so knowing someone's ``user_id`` is not enough to read the
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -26,11 +27,13 @@ from redis.exceptions import RedisError
 
 from bot import keys
 from channels.base import InboundMessage, OutboundMessage
+from channels.exceptions import PermanentSendError
 from channels.web import WebButton, WebReply, render
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 25.0  # below the usual 30 s proxy timeouts
+MEDIA_TTL_S = 86_400  # an uploaded voice note waits this long for its drain
 _RECONNECT_S = 1.0
 
 
@@ -81,6 +84,19 @@ class WebChat:
             pipe.expire(outbox, self._ttl_s)
             pipe.publish(keys.webchat_events(msg.tenant), json.dumps([msg.tenant, msg.user_id]))
             await pipe.execute()
+
+    async def keep_media(self, tenant: str, audio: bytes) -> str:
+        """Keep an uploaded voice note until a drain fetches it (:meth:`media`); its media id."""
+        media_id = secrets.token_hex(16)
+        await self._redis.set(keys.webchat_voice(tenant, media_id), base64.b64encode(audio), ex=MEDIA_TTL_S)
+        return media_id
+
+    async def media(self, tenant: str, media_id: str) -> bytes:
+        """The web chat's ``fetch_media``: an uploaded voice note (PermanentSendError once it expired)."""
+        stored = await self._redis.get(keys.webchat_voice(tenant, media_id))
+        if stored is None:
+            raise PermanentSendError(f"web chat voice note {media_id} is gone (kept {MEDIA_TTL_S} s)")
+        return base64.b64decode(stored)
 
     async def ack_button(self, msg: InboundMessage) -> None:
         """Nothing to acknowledge: the page disables a keyboard itself once a button is pressed."""

@@ -2,8 +2,8 @@
 
 For each inbox item, under the inbox lease: parse it back to an :class:`InboundMessage`, run it through the
 :class:`~bot.pipeline.Pipeline`, acknowledge a pressed button, and send the replies through the
-:class:`~bot.sender.Sender`. A voice note reaches the engine as an empty text until speech-to-text is
-configured (its issue plugs in before the pipeline), so the dialog asks again in words.
+:class:`~bot.sender.Sender`. A voice note's audio is fetched through its channel and transcribed inside the
+pipeline (:mod:`bot.voice`).
 
 Crash safety (the at-least-once window is spelled out in the README):
 
@@ -51,7 +51,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import keys, metrics
+from bot import keys, metrics, reminders
+from bot.booking import calcom_webhooks
 from bot.channelset import ChannelSet
 from bot.exceptions import ChannelNotConfigured, ConfigError, DeliveryFailed, StorageError
 from bot.heartbeat import HEARTBEAT_S
@@ -71,6 +72,7 @@ from bot.retry import Backoff
 from bot.runtime import Runtime
 from bot.sender import Sender
 from bot.settings import Settings
+from bot.voice import MediaFetch
 from bot.webchat import WebChat
 from channels.base import InboundMessage
 from dialogs.exceptions import Problem
@@ -123,10 +125,11 @@ class Drainer:
         dead_letter_after: float = 600.0,
         retry: Backoff = DRAIN_RETRY,
         clock: Clock = lambda: datetime.now(UTC),
+        media: MediaFetch | None = None,
     ) -> None:
         self.rt = runtime
         self.clock = clock
-        self._pipeline = Pipeline(runtime)
+        self._pipeline = Pipeline(runtime, media)
         self.sender = sender
         self.markers = markers
         self._failed = runtime.redis.register_script(_FAILED)
@@ -185,6 +188,9 @@ class Drainer:
             raise
 
     async def _process(self, msg: InboundMessage) -> None:
+        if msg.channel == calcom_webhooks.CHANNEL:  # a cal.com event, not a customer's message
+            await calcom_webhooks.handle(self.rt, self.sender, msg)
+            return
         started = time.perf_counter()
         turn = await self._pipeline.handle(msg, self.clock())
         if msg.callback_id is not None:
@@ -235,10 +241,12 @@ class Services:
         webchat = WebChat(redis, ttl_s=runtime.settings.session_ttl_days * 86400)
         channels = ChannelSet(runtime.settings, webchat)
         drainer.setdefault("dead_letter_after", runtime.settings.dead_letter_after_minutes * 60)
-        drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), **drainer)
+        drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), media=channels.fetch_media, **drainer)
         scheduler: Scheduler = InProcess(drains.run_to_end) if in_process else ArqQueue(queue_name)
         if in_process:  # no worker: this process also delivers the CRM outbox
             runtime.start_relay()
+        if not in_process:  # reminders: arq deferred jobs; in process, Reminders.loop (bot.server) fires them
+            runtime.reminders.use_arq(queue_name)
         return cls(runtime, webchat, channels, drains, Ingest(redis, scheduler))
 
     async def idle(self) -> None:
@@ -330,7 +338,10 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         problem = "the worker needs redis_url (REDIS_URL); without it `bookingbot serve` runs the jobs itself"
         raise ConfigError([Problem("<config>", 0, problem)])
     return {
-        "functions": [func(keeping_in_progress(drain), name=DRAIN_JOB, max_tries=JOB_MAX_TRIES, timeout=JOB_TIMEOUT_S)],
+        "functions": [
+            func(keeping_in_progress(drain), name=DRAIN_JOB, max_tries=JOB_MAX_TRIES, timeout=JOB_TIMEOUT_S),
+            func(reminders.remind, name=reminders.REMIND_JOB, max_tries=10, timeout=JOB_TIMEOUT_S),
+        ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "queue_name": queue_name,
         "on_startup": _startup,

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-ChannelName = Literal["telegram", "whatsapp", "vk", "web", "terminal"]
+# "calcom": the business calendar's webhooks ride the same inbound path (bot.booking.calcom_webhooks)
+ChannelName = Literal["telegram", "whatsapp", "vk", "web", "terminal", "calcom"]
 
 # Bounds on what a webhook may carry, whoever sent it. A text is cut to the longest any channel allows (the
 # dialog's extractors cost time in proportion to it); ids, button data and phones longer than any provider's
@@ -74,6 +75,17 @@ class OutButton(BaseModel):
     data: str = Field(max_length=64)
 
 
+class TemplateRef(BaseModel):
+    """A pre-approved message template (WhatsApp, outside its 24-hour window): body ``params`` in order; the
+    message's buttons become the template's quick replies, carrying their data as payloads."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    language: str
+    params: tuple[str, ...] = ()
+
+
 class OutboundMessage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -83,6 +95,7 @@ class OutboundMessage(BaseModel):
     chat_id: str | None = None
     text: str
     buttons: tuple[OutButton, ...] = ()
+    template: TemplateRef | None = None  # channels that need one send it instead of ``text`` (WhatsApp)
     event_id: str = ""  # the inbound event this answers (with ``index``: the idempotency key of the send)
     index: int = 0
 

@@ -100,7 +100,7 @@ class VKChannel:
         await self._method("messages.sendMessageEventAnswer", params)
 
     async def fetch_media(self, ref: MediaRef) -> bytes:
-        """Voice notes come with a ready ``link_ogg`` on VK's CDN, fetched without the token."""
+        """Voice notes come with ready links (``link_ogg``, ``link_mp3``) on VK's CDN, fetched without the token."""
         if ref.url is None:
             raise PermanentSendError(f"VK voice message {ref.id} has no link")
         try:
@@ -245,6 +245,7 @@ class _AudioMessage(_Loose):
     id: Int64
     owner_id: Int64
     link_ogg: str | None = None
+    link_mp3: str | None = None
 
 
 class _Attachment(_Loose):
@@ -344,7 +345,10 @@ def _from_button(tenant: str, event_id: str, press: _ButtonEvent) -> InboundMess
 
 
 def _voice(audio: _AudioMessage) -> MediaRef:
-    return MediaRef(id=f"{audio.owner_id}_{audio.id}", mime="audio/ogg", url=audio.link_ogg)
+    """The OGG/Opus link when VK gives one (the original), else the MP3."""
+    ogg = audio.link_ogg is not None or audio.link_mp3 is None
+    url = audio.link_ogg if ogg else audio.link_mp3
+    return MediaRef(id=f"{audio.owner_id}_{audio.id}", mime="audio/ogg" if ogg else "audio/mpeg", url=url)
 
 
 def _json(raw: str | None) -> Any:

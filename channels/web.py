@@ -10,7 +10,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from channels.base import InboundMessage, OutboundMessage, ParseResult, Text
+from channels.base import InboundMessage, MediaRef, OutboundMessage, ParseResult, Text
 from channels.exceptions import BadPayload
 
 _ID = r"^[A-Za-z0-9_.:-]+$"
@@ -61,6 +61,17 @@ def parse(tenant: str, body: bytes) -> ParseResult:
         button=post.button,
     )
     return ParseResult(messages=[msg])
+
+
+def voice_message(tenant: str, user_id: str, event_id: str | None, media_id: str, mime: str) -> InboundMessage:
+    """A voice note the page uploaded (kept by the server under ``media_id``)."""
+    return InboundMessage(
+        tenant=tenant,
+        channel="web",
+        user_id=user_id,
+        event_id=event_id or uuid.uuid4().hex,
+        voice=MediaRef(id=media_id, mime=mime),
+    )
 
 
 def render(msg: OutboundMessage) -> WebReply:

@@ -176,6 +176,8 @@ def _address(to: str) -> str:
 
 def _payloads(msg: OutboundMessage, list_button: str) -> list[dict[str, Any]]:
     """One request body per API call: text parts, then the interactive message carrying the last part."""
+    if msg.template is not None:
+        return [_template(msg)]
     interactive = _interactive(msg.buttons, list_button) if msg.buttons else None
     if interactive is None:
         text = numbered(msg.text, msg.buttons) if msg.buttons else msg.text
@@ -184,6 +186,18 @@ def _payloads(msg: OutboundMessage, list_button: str) -> list[dict[str, Any]]:
     *middle, body = split_text(last, BODY_LIMIT)
     message = {"type": "interactive", "interactive": interactive | {"body": {"text": body}}}
     return [_text(part) for part in head + middle] + [message]
+
+
+def _template(msg: OutboundMessage) -> dict[str, Any]:
+    assert msg.template is not None
+    body = {"type": "body", "parameters": [{"type": "text", "text": p} for p in msg.template.params]}
+    replies = [
+        {"type": "button", "sub_type": "quick_reply", "index": str(i),
+         "parameters": [{"type": "payload", "payload": b.data}]}
+        for i, b in enumerate(msg.buttons)
+    ]  # fmt: skip
+    template = {"name": msg.template.name, "language": {"code": msg.template.language}, "components": [body, *replies]}
+    return {"type": "template", "template": template}
 
 
 def _text(body: str) -> dict[str, Any]:

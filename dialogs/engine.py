@@ -14,9 +14,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from dialogs.extract import ExtractContext, extract_all, extract_phone
+from dialogs.fallback import fallback_slots
 from dialogs.flows.base import Rejection, SlotOverrides, Turn, override_problems
 from dialogs.flows.booking import HINTS
 from dialogs.flows.intents import IntentFlow
+from dialogs.flows.manage import REMINDER_PREFIX
 from dialogs.model import EffectOutcome, Reply, StepResult, UserInput
 from dialogs.ports import CalendarPort
 from dialogs.schema import INTENTS
@@ -29,21 +31,28 @@ SLOT_BUTTONS = {"svc": "service", "date": "date", "time": "time"}  # button valu
 
 
 class Engine(IntentFlow):
-    def _unheard(self, session: Session) -> StepResult:
-        """A voice note nobody could read: ask for text, offer the last buttons again, and change nothing else
+    def _unheard(self, session: Session, message: UserInput) -> StepResult:
+        """A voice note nobody could read: say why, offer the last buttons again, and change nothing else
         (it is not a failed attempt at the slot being asked)."""
-        reply = Reply(key="voice_unsupported", text=self.text("voice_unsupported"), buttons=tuple(session.offered))
+        key = message.voice_problem
+        reply = Reply(key=key, text=self.text(key, **message.voice_facts), buttons=tuple(session.offered))
         return StepResult(replies=(reply,))
 
     async def step(self, session: Session, message: UserInput, now: datetime, calendar: CalendarPort) -> StepResult:
         """Handle one customer message; mutates ``session`` in place."""
         if message.voice and not message.text.strip():
-            return self._unheard(session)
+            return self._unheard(session, message)
         turn = self._turn(session, now, calendar)
         pressed = self._pressed(session, message)
+        if pressed and pressed.startswith(REMINDER_PREFIX):
+            await self._reminder_button(turn, pressed)
+            return turn.result()
         text = "" if pressed else message.text.strip()
         intents = self._intents(pressed, text)
         found = self._found(turn, pressed, text, message.phone)
+        if self.slot_fallback and text and not found and not intents:
+            ctx = self._extract_ctx(turn)
+            found = await fallback_slots(self.slot_fallback, ctx, session, text, tuple(self.slots))
         await self._dispatch(turn, intents, pressed, text, found)
         return turn.result()
 
@@ -94,9 +103,8 @@ class Engine(IntentFlow):
         name = pressed.removeprefix("intent:")
         return [name] if name in INTENTS and (name != pressed or name in ("yes", "no")) else []
 
-    def _found(self, turn: Turn, pressed: str | None, text: str, phone: str | None) -> dict[str, str]:
-        """Slot values in the message: extracted from the text, carried by a button or a shared contact."""
-        ctx = ExtractContext(
+    def _extract_ctx(self, turn: Turn) -> ExtractContext:
+        return ExtractContext(
             now=turn.ctx.now,
             tz=self._tz,
             locale=self.profile.locale,
@@ -104,6 +112,10 @@ class Engine(IntentFlow):
             default_region=self.profile.default_region,
             expecting=self._state(turn).slot,
         )
+
+    def _found(self, turn: Turn, pressed: str | None, text: str, phone: str | None) -> dict[str, str]:
+        """Slot values in the message: extracted from the text, carried by a button or a shared contact."""
+        ctx = self._extract_ctx(turn)
         found = extract_all(text, ctx) if text else {}
         if pressed:
             prefix, _, value = pressed.partition(":")

@@ -36,15 +36,22 @@ class Reply(_Frozen):
     facts: dict[str, str] = Field(default_factory=dict)
 
 
+# Why a voice note gave no text: the text key of the answer.
+VoiceProblem = Literal["voice_unsupported", "voice_too_long", "voice_unreadable", "voice_unheard"]
+
+
 class UserInput(_Frozen):
     """What the customer did in one turn: typed ``text``, pressed a button (``button`` = its value) or shared a
     contact (``phone``). A voice note arrives transcribed in ``text`` with ``voice`` set; ``voice`` with no
-    text means nobody could read it (no speech-to-text configured, or nothing heard)."""
+    text means nobody could read it, and ``voice_problem`` names the text that says why (default
+    ``voice_unsupported``: no speech-to-text for this tenant), filled with ``voice_facts``."""
 
     text: str = ""
     button: str | None = None
     phone: str | None = None
     voice: bool = False
+    voice_problem: VoiceProblem = "voice_unsupported"
+    voice_facts: dict[str, str] = Field(default_factory=dict)
 
 
 # --- effects ---------------------------------------------------------------------------------------------

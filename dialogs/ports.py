@@ -1,4 +1,5 @@
-"""What the engine needs from the outside, as data (:class:`TenantProfile`) and ports (:class:`CalendarPort`).
+"""What the engine needs from the outside, as data (:class:`TenantProfile`) and ports (:class:`CalendarPort`,
+the optional :class:`SlotFallback`).
 
 ``bot/`` builds a :class:`TenantProfile` from the config and passes a booking backend that satisfies
 :class:`CalendarPort`; the engine only reads through it. Writes go out as effects.
@@ -6,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -96,3 +98,23 @@ class CalendarPort(Protocol):
     async def customer_bookings(self, customer: str) -> list[BookingView]:
         """The customer's active future bookings, ascending by start."""
         ...
+
+
+class SlotQuery(BaseModel):
+    """A customer message in which the rules found no slot and no intent, for an optional fallback reader."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    conversation: str
+    text: str
+    now: datetime  # aware, in the tenant's timezone
+    slots: tuple[str, ...]  # the slots the dialog has
+    expecting: str | None = None  # the slot just asked for
+
+
+class SlotFallback(Protocol):
+    """Reads slots the rules could not (``bot/`` wires an LLM here). Values are only candidates: the engine
+    normalises them like rule values and drops what does not parse; its validators then judge them."""
+
+    async def __call__(self, query: SlotQuery) -> Mapping[str, str]: ...

@@ -49,6 +49,9 @@ DIALOG_FACTS = frozenset(
 )
 REJECTION_FACTS = DIALOG_FACTS | {"on_day", "days"}
 _PLAIN: frozenset[str] = frozenset()
+BOOKING_FACTS = frozenset({"business", "service", "date", "time"})
+_BUTTONS = ("yes", "no", "start_over", "human", "book", "my_bookings", "reschedule", "cancel_booking", "keep",
+            "confirm", "reschedule_it", "cancel_it")  # fmt: skip
 FIXED_TEXTS: dict[str, frozenset[str]] = {
     "greeting": frozenset({"business"}),
     "help": frozenset({"business"}),
@@ -83,11 +86,14 @@ FIXED_TEXTS: dict[str, frozenset[str]] = {
     "book_failed": DIALOG_FACTS,
     "effect_failed": DIALOG_FACTS,
     "not_found": _PLAIN,
-    "voice_unsupported": _PLAIN,  # a voice note and no speech-to-text to read it
-    **{
-        f"button_{name}": _PLAIN
-        for name in ("yes", "no", "start_over", "human", "book", "my_bookings", "reschedule", "cancel_booking", "keep")
-    },
+    "voice_unsupported": _PLAIN,  # a voice note and no speech-to-text to read it (or not in this language)
+    "voice_too_long": frozenset({"minutes"}),  # over voice.max_seconds (or max_bytes)
+    "voice_unreadable": _PLAIN,  # not decodable audio
+    "voice_unheard": _PLAIN,  # no speech in it
+    "voice_echo": frozenset({"text"}),  # voice.echo: what was heard, before the answer
+    # Sent outside a turn (bot.reminders, cal.com webhooks), about one booking.
+    **dict.fromkeys(("reminder", "reminder_confirmed", "moved_by_business", "cancelled_by_business"), BOOKING_FACTS),
+    **{f"button_{name}": _PLAIN for name in _BUTTONS},
 }
 # Per slot: the re-ask after input that filled nothing, and the slot's name on a "change ..." button.
 SLOT_TEXTS: dict[str, frozenset[str]] = {"retry_{slot}": DIALOG_FACTS, "label_{slot}": _PLAIN}

@@ -134,6 +134,14 @@ def test_parse_voice(channel: VKChannel) -> None:
     )
 
 
+def test_parse_voice_with_only_an_mp3_link(channel: VKChannel) -> None:
+    event = json.loads(fixture("voice"))
+    del event["object"]["message"]["attachments"][0]["audio_message"]["link_ogg"]
+    [msg] = channel.parse("demo", json.dumps(event).encode()).messages
+    assert msg.voice is not None and msg.voice.mime == "audio/mpeg"
+    assert msg.voice.url == "https://psv4.userapi.com/s/v1/amsg/c1/audio_msg/683540127.mp3"
+
+
 @pytest.mark.parametrize("name", ["edited", "sticker", "photo", "location", "typing"])
 def test_other_events_answer_ok_with_no_message(channel: VKChannel, name: str) -> None:
     result = channel.parse("demo", fixture(name))

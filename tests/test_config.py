@@ -296,3 +296,41 @@ def test_a_bad_config_leaves_an_earlier_one_untouched() -> None:
     assert good.model_dump() == before
     assert load_config(SHIPPED, env={}) == good
 
+
+def test_voice_settings_and_models_that_are_not_installed(tmp_path: Path) -> None:
+    """Models are never downloaded: a voice-enabled tenant's model must be here (checked without loading it)."""
+    assert problems("voice.yaml") == [
+        (3, "voice.device: expected 'cpu', 'cuda' or 'auto', got 'gpu'"),
+        (4, "voice.max_seconds: must be greater than 0.0, got 0"),
+    ]
+    path = tmp_path / "voice.yaml"
+    text = (CONFIGS / "voice.yaml").read_text()
+    path.write_text(text.replace("device: gpu", "device: cpu").replace("max_seconds: 0", "max_seconds: 60"))
+    found = problems(path)
+    assert [line for line, _ in found] == [2, 11]  # tenant `off` has voice off: its model is not checked
+    assert found[0][1].startswith("voice.model: model 'large-v3' is neither a directory nor one of the packaged")
+    assert found[0][1].endswith("(voice is enabled for tenant 'u')")
+    assert found[1][1].startswith("tenants.t.voice.model: model '/no/such/model/dir' is neither a directory")
+
+
+def test_calcom_and_reminder_errors() -> None:
+    found = problems("bad_calcom.yaml", env={"CALCOM_KEY": "cal_x"})
+    assert found == [
+        (14, "tenants.salon.booking.calcom.event_types: service 'manicure' has no cal.com event type"),
+        (14, "tenants.salon.booking.calcom.event_types: 'pedicure' is not a service of this tenant"
+             " (did you mean 'manicure'?)"),
+        (16, "tenants.salon.reminders.before[1]: '2 hours' is not a duration: use a positive number with m, h or d,"
+             " like 24h or 90m"),
+        (22, "tenants.other.booking.backend: expected 'local' or 'calcom', got 'google'"),
+        (28, "tenants.bare.booking.backend: backend 'calcom' needs a 'calcom:' block beside it"),
+    ]  # fmt: skip
+
+
+def test_calcom_config_is_loaded_with_its_defaults(tmp_path: Path) -> None:
+    from calcom_setup import write_config
+
+    settings = load_config(write_config(tmp_path / "c.yaml", "http://127.0.0.1:9"), env={
+        "TEST_CALCOM_API_KEY": "cal_k", "TEST_CALCOM_WEBHOOK_SECRET": "sec"})  # fmt: skip
+    calcom = settings.tenants["demo"].booking.calcom
+    assert calcom is not None and calcom.api_key == "cal_k" and calcom.guest_email_domain == "no-email.invalid"
+    assert settings.tenants["demo"].reminders.offsets() == [24 * 60, 2 * 60]

@@ -78,3 +78,11 @@ class BookingBackend(Protocol):
     async def block(self, start: datetime, minutes: int) -> None:
         """Mark time as busy (outside bookings made through the bot: a fixture's ``calendar.busy``)."""
         ...
+
+    async def by_id(self, booking_id: str) -> Booking | None:
+        """One booking by id, active or cancelled (reminders and their buttons read it)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend holds open (HTTP clients)."""
+        ...

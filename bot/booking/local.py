@@ -200,6 +200,13 @@ class LocalCalendar:
     async def active_bookings(self) -> list[Booking]:
         return await self._active()
 
+    async def by_id(self, booking_id: str) -> Booking | None:
+        async with self.engine.connect() as conn:
+            return await self._find(conn, BOOKINGS.c.id == booking_id)
+
+    async def aclose(self) -> None:
+        """Nothing held open: the engine belongs to the runtime."""
+
     # -- write side ------------------------------------------------------------------------------------------
 
     async def book(self, request: BookRequest) -> Booking:

@@ -16,7 +16,7 @@ from string import Formatter
 from dialogs.exceptions import Problem, TemplateError
 from dialogs.loader import placeholders, text_problems, validator_problems
 from dialogs.model import Button, Effect, Handoff, Reply, StepResult
-from dialogs.ports import TenantProfile
+from dialogs.ports import SlotFallback, TenantProfile
 from dialogs.schema import SlotSpec, StateSpec, Template
 from dialogs.session import Session
 from dialogs.validators import VALIDATORS, Context, parse_date
@@ -84,6 +84,7 @@ class FlowBase:
         *,
         max_attempts: int = 3,
         slot_overrides: SlotOverrides | None = None,
+        slot_fallback: SlotFallback | None = None,
     ) -> None:
         overrides = slot_overrides or {}
         problems = override_problems(template, profile, overrides)
@@ -92,6 +93,7 @@ class FlowBase:
         self.template = template
         self.profile = profile
         self.max_attempts = max_attempts
+        self.slot_fallback = slot_fallback  # asked only when the rules found neither a slot nor an intent
         self.slots = {name: _override(spec, overrides.get(name)) for name, spec in template.slots.items()}
         self._texts = {**template.texts[profile.locale], **profile.texts}
         self._fields = {key: tuple(placeholders(text)) for key, text in self._texts.items()}

@@ -11,6 +11,8 @@ from dialogs.model import Button, Reply
 from dialogs.ports import BookingView
 from dialogs.schema import RESTING, StateSpec
 
+REMINDER_PREFIX = "remind:"  # buttons under a reminder: remind:<confirm|reschedule|cancel>:<booking id>
+
 
 class ManageFlow(BookingFlow):
     async def _decline(self, turn: Turn, state: StateSpec) -> None:
@@ -95,12 +97,38 @@ class ManageFlow(BookingFlow):
             await self._reprompt(turn)
 
     def _booking_line(self, booking: BookingView) -> str:
+        return self.text("booking_line", **self.booking_facts(booking))
+
+    def booking_facts(self, booking: BookingView) -> dict[str, str]:
+        """The facts a text about ``booking`` shows (service label, date, time, business), in the locale."""
         start = booking.start.astimezone(self._tz)
         service = self.profile.service(booking.service)
         label = service.label if service else booking.service
-        return self.text(
-            "booking_line", service=label, date=self._date(start.date().isoformat()), time=f"{start:%H:%M}"
-        )
+        day = self._date(start.date().isoformat())
+        return {"business": self.profile.name, "service": label, "date": day, "time": f"{start:%H:%M}"}
+
+    def reminder_buttons(self, booking_id: str) -> tuple[Button, ...]:
+        """Confirm / reschedule / cancel under a reminder; they work whatever the dialog is doing then."""
+        actions = ("confirm", "confirm"), ("reschedule", "reschedule_it"), ("cancel", "cancel_it")
+        return tuple(self._button(f"button_{key}", f"{REMINDER_PREFIX}{act}:{booking_id}") for act, key in actions)
+
+    async def _reminder_button(self, turn: Turn, pressed: str) -> None:
+        action, _, booking_id = pressed.removeprefix(REMINDER_PREFIX).partition(":")
+        bookings = await turn.ctx.calendar.customer_bookings(turn.session.customer)
+        booking = next((b for b in bookings if b.id == booking_id), None)
+        flow = "cancel" if action == "cancel" else "reschedule"
+        if booking is None:
+            if action != "confirm":
+                self._reset(turn.session)
+                self._go(turn, f"{flow}_none")
+            self._say(turn, self._reply("not_found", {}, self._book))
+        elif action == "confirm":
+            self._say(turn, self._reply("reminder_confirmed", self.booking_facts(booking)))
+        else:
+            self._reset(turn.session)
+            self._choose(turn, booking, flow)
+            self._go(turn, f"{flow}_one")
+            await self._enter_flow(turn, flow, {})
 
     async def _retry(self, turn: Turn) -> None:
         """Nothing usable at a confirm or pick state: count the attempt and ask again."""

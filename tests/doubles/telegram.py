@@ -40,6 +40,9 @@ class Refused(Exception):
         self.description = description
 
 
+FILE_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile refuses bigger files
+
+
 class TelegramDouble(Double):
     def __init__(self, *tokens: str) -> None:
         super().__init__()
@@ -173,6 +176,8 @@ class TelegramDouble(Double):
         if file_id not in self.files:
             raise Refused(400, "Bad Request: invalid file_id")
         path, content = self.files[file_id]
+        if len(content) > FILE_LIMIT:
+            raise Refused(400, "Bad Request: file is too big")
         return {
             "file_id": file_id,
             "file_unique_id": f"u{file_id}",

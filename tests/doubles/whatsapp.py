@@ -223,6 +223,11 @@ def _check_message(body: dict[str, Any]) -> None:
         _length(text_body, TEXT_LIMIT, "Message body")
     elif kind == "interactive":
         _check_interactive(body.get("interactive"))
+    elif kind == "template":
+        template = body.get("template")
+        language = template.get("language") if isinstance(template, dict) else None
+        if not isinstance(template, dict) or not template.get("name") or not (language or {}).get("code"):
+            raise GraphError(400, 131008, "template.name and template.language.code are required")
     else:
         raise GraphError(400, 100, f"this double does not implement type {kind!r}")
 
