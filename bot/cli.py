@@ -218,6 +218,26 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     return await run_worker(_settings(args))
 
 
+async def cmd_outbox(args: argparse.Namespace) -> int:
+    from bot import db
+    from bot.crm.outbox import Outbox, describe
+    from bot.runtime import database_url
+
+    url = database_url(_settings(args))
+    await db.migrate(url)
+    engine = db.make_engine(url, pool_size=1)
+    try:
+        outbox = Outbox(engine)
+        if args.action == "retry":
+            print(f"{await outbox.retry_failed(args.tenant)} failed rows queued again")
+            return 0
+        rows = await outbox.open_rows(args.tenant)
+    finally:
+        await engine.dispose()
+    for row in rows:
+        print(describe(row))
+    print(f"{sum(r.status == 'pending' for r in rows)} pending, {sum(r.status == 'failed' for r in rows)} failed")
+    return 0
 async def cmd_poll(args: argparse.Namespace) -> int:
     from bot.poll import poll
 
@@ -333,6 +353,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers-inprocess", action="store_true",
                    help="run drains in this process (always so without redis_url)")
+    p = command("outbox", cmd_outbox, "list pending and failed CRM outbox rows, or queue failed ones again")
+    p.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    p.add_argument("--tenant", help="only this tenant (default: all)")
     p = command("poll", cmd_poll, "talk to a tenant's Telegram / VK bot by long polling (no public URL needed)")
     p.add_argument("--tenant", required=True)
     p.add_argument("--workers-inprocess", action="store_true",

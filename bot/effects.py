@@ -11,6 +11,8 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Literal
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from bot.booking.base import Booking, BookRequest
 from bot.exceptions import BackendUnavailable, BookingNotFound, SlotTaken
 from bot.messagelog import MessageLog
@@ -39,18 +41,32 @@ async def execute(effect: Effect, tenant: Tenant, session: Session, log: Message
         case RescheduleBooking():
             return await _guarded("reschedule", tenant.calendar.reschedule(effect.booking_id, effect.start))
         case SyncCustomer():
-            # The erxes outbox arrives with the CRM issue; until then the customer lives in our own table.
-            await log.record_customer(tenant.id, session.conversation, session.conversation.partition(":")[0],
-                                      name=effect.name, phone=effect.phone, email=effect.email)
+            await _sync_customer(effect, tenant, session, log)
             return None
         case Handoff():
             logger.warning(
                 "handoff requested: tenant=%s conversation=%s reason=%s", tenant.id, session.conversation, effect.reason
             )
+            if tenant.crm is not None:  # a note and a tag on the customer in the CRM, so staff see it
+                await tenant.crm.handoff(session.conversation, effect.reason)
             if tenant.desk is not None:
                 since = datetime.fromisoformat(session.handoff_at) if session.handoff_at else datetime.now(UTC)
                 await tenant.desk.open(tenant.id, session, effect.reason, since)
             return None
+
+
+async def _sync_customer(effect: SyncCustomer, tenant: Tenant, session: Session, log: MessageLog) -> None:
+    """Our customer row, and (in the same transaction) the CRM outbox row that carries it to the CRM."""
+    conversation = session.conversation
+    crm = tenant.crm
+
+    async def to_crm(conn: AsyncConnection) -> None:
+        assert crm is not None
+        await crm.customer_synced(conn, conversation, effect.name, effect.phone, effect.email)
+
+    await log.record_customer(tenant.id, conversation, conversation.partition(":")[0],
+                              name=effect.name, phone=effect.phone, email=effect.email,
+                              also=to_crm if crm is not None else None)
 
 
 async def _book(effect: BookSlot, tenant: Tenant, session: Session) -> EffectOutcome:
@@ -77,3 +93,10 @@ async def _guarded(kind: Literal["book", "cancel", "reschedule"], call: Awaitabl
     except BackendUnavailable:
         return EffectOutcome(effect=kind, ok=False, reason="failed")
     return EffectOutcome(effect=kind, ok=True, booking_id=booking.id)
+
+
+async def mirror(tenant: Tenant, conversation: str, inbound: str | None, replies: list[str]) -> None:
+    """Queue a turn's messages for the CRM's inbox mirror (a no-op unless the tenant turned it on)."""
+    if tenant.crm is not None:
+        lines = ([("in", inbound)] if inbound else []) + [("out", text) for text in replies]
+        await tenant.crm.messages(conversation, lines)

@@ -10,6 +10,12 @@ BotError
 │   └── BackendUnavailable   the backend could not be reached after retries
 │       └── RateLimited      the backend said 429 (``retry_after``: seconds until its window resets)
 ├── DeliveryFailed           a reply could not be sent after every attempt (the drain job retries)
+├── CrmError                 the CRM (erxes) refused or failed; bot.crm.erxes.map_error is the one mapper
+│   ├── CrmUnavailable       network error, timeout, 5xx: try again later
+│   ├── CrmAuthFailed        bad or expired token (HTTP 401, "Login required"): retried until an operator fixes it
+│   ├── CrmPermissionDenied  the token's user lacks a permission ("Permission required"): retried likewise
+│   ├── CrmDuplicate         a uniqueness error ("Duplicated phone/code"): the record exists, find it
+│   └── CrmRejected          the request itself is wrong (HTTP 400, other business errors): retrying cannot help
 └── ChannelNotConfigured     a tenant has no account on that channel (a webhook's 404)
 """
 
@@ -67,4 +73,30 @@ class DeliveryFailed(BotError):
 
 
 class ChannelNotConfigured(BotError):
+    pass
+
+
+class CrmError(BotError):
+    pass
+
+
+class CrmUnavailable(CrmError):
+    pass
+
+
+class CrmAuthFailed(CrmError):
+    pass
+
+
+class CrmPermissionDenied(CrmError):
+    pass
+
+
+class CrmDuplicate(CrmError):
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field  # "phone", "code", "email"
+
+
+class CrmRejected(CrmError):
     pass

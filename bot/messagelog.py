@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import sqlite3
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -309,8 +310,11 @@ class MessageLog:
         name: str | None = None,
         phone: str | None = None,
         email: str | None = None,
+        also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     ) -> None:
-        """Create or update the customer behind a conversation; ``None`` keeps what is stored."""
+        """Create or update the customer behind a conversation; ``None`` keeps what is stored.
+
+        ``also`` runs inside the same transaction (the CRM outbox row that carries the customer to the CRM)."""
         known = {"name": name, "phone": phone, "email": email}
         try:
             async with self.engine.begin() as conn:
@@ -324,6 +328,8 @@ class MessageLog:
                 )
                 keep = {k: func.coalesce(stmt.excluded[k], CUSTOMERS.c[k]) for k in known}
                 await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant", "id"], set_=keep))
+                if also is not None:
+                    await also(conn)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"cannot record customer {tenant}/{conversation}: {exc}") from exc
 

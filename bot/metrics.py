@@ -5,7 +5,16 @@ Labels stay low-cardinality: channel, outcome, HTTP status - never tenant or use
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from bot.exceptions import StorageError
+
+if TYPE_CHECKING:
+    from bot.crm.outbox import Outbox
 
 WEBHOOKS = Counter("bookingbot_webhooks_total", "Webhook requests answered", ["channel", "status"])
 INGESTED = Counter(
@@ -30,6 +39,23 @@ LOG_WRITE_ERRORS = Counter("bookingbot_message_log_write_errors_total", "Message
 LOG_DROPPED = Counter(
     "bookingbot_message_log_dropped_total", "Message log rows given up on (each one logged)", ["reason"]
 )
+
+OUTBOX_ROWS = Gauge("bookingbot_crm_outbox_rows", "CRM outbox rows not yet delivered", ["status"])
+OUTBOX_AGE = Gauge(
+    "bookingbot_crm_outbox_oldest_age_seconds", "Age of the oldest undelivered CRM outbox row", ["status"]
+)
+
+
+async def observe_outbox(outbox: Outbox) -> None:
+    """Read the CRM outbox's depth and age (SQL, shared by every process) just before a scrape."""
+    try:
+        stats = await outbox.stats(datetime.now(UTC))
+    except StorageError as exc:
+        logging.getLogger(__name__).warning("metrics: %s", exc)
+        return
+    for status, (rows, age) in stats.items():
+        OUTBOX_ROWS.labels(status).set(rows)
+        OUTBOX_AGE.labels(status).set(age)
 
 VOICE_NOTES = Counter("bookingbot_voice_notes_total", "Voice notes by outcome", ["channel", "outcome"])
 VOICE_SECONDS = Histogram(

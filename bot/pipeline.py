@@ -75,6 +75,7 @@ class Pipeline:
         turn.outbound = _outbound(msg, turn.replies)
         await self.rt.sessions.save(session, REPLIES.dump_json(turn.outbound).decode() if turn.outbound else "")
         self._log(msg, turn, now, pressed or user_input.text)
+        await effects.mirror(tenant, msg.conversation, pressed or user_input.text, [r.text for r in turn.outbound])
         return turn
 
     async def _answered(self, msg: InboundMessage, session: Session, now: datetime) -> Turn:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
@@ -25,8 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot import db, keys, tables
 from bot import redis as redis_conn
 from bot.assist.wiring import Assistant, build_assistant
-from bot.booking.base import BookingBackend
+from bot.booking.base import BookingBackend, BookingWritten
 from bot.booking.local import LocalCalendar
+from bot.crm.erxes import ErxesClient
+from bot.crm.outbox import Outbox
+from bot.crm.recorder import CrmRecorder
+from bot.crm.relay import OutboxRelay
+from bot.crm.sync import ErxesSync
 from bot.exceptions import ConfigError
 from bot.handoff import HandoffDesk
 from bot.inbox import Inbox
@@ -54,6 +60,8 @@ class Tenant:
     engine: Engine
     calendar: BookingBackend
     assistant: Assistant | None = None  # the tenant's LLM, when it is on
+    crm: CrmRecorder | None = None  # queues CRM work (None: no crm block)
+    erxes: ErxesSync | None = None  # delivers it
     desk: HandoffDesk | None = None  # where handoffs to a person go (set by the Runtime, which has Redis)
 
 
@@ -75,18 +83,25 @@ def build_tenant(
     assistant: Assistant | None = None,
     reminders: Reminders | None = None,
 ) -> Tenant:
-    """A tenant's profile, dialog engine and booking backend, from its config (with its LLM, when it is on, and
-    its reminders, if any)."""
+    """A tenant's profile, dialog engine, booking backend and CRM, from its config (with its LLM, when it is
+    on, and its reminders, if any)."""
     profile = tenant_profile(tenant_id, cfg)
-    calendar = build_calendar(tenant_id, cfg, engine)
+    crm = erxes = None
+    if cfg.crm is not None:
+        crm = CrmRecorder(engine, tenant_id, cfg.crm.erxes, {s.id: s.label for s in cfg.services})
+        erxes = ErxesSync(ErxesClient(cfg.crm.erxes))
+    calendar = build_calendar(tenant_id, cfg, engine, crm.booking_written if crm else None)
     offsets = cfg.reminders.offsets()
     if reminders is not None and offsets:
         calendar = Reminding(calendar, reminders, offsets, lambda: datetime.now(UTC))
     fallback = assistant if assistant is not None and assistant.llm.extract else None
-    return Tenant(tenant_id, cfg, profile, build_engine(profile, cfg, fallback), calendar, assistant)
+    engine_ = build_engine(profile, cfg, fallback)
+    return Tenant(tenant_id, cfg, profile, engine_, calendar, assistant, crm=crm, erxes=erxes)
 
 
-def build_calendar(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> BookingBackend:
+def build_calendar(
+    tenant_id: str, cfg: TenantConfig, engine: AsyncEngine, on_write: BookingWritten | None = None
+) -> BookingBackend:
     if cfg.booking.backend == "calcom":
         assert cfg.booking.calcom is not None, "check-config requires the calcom block"
         from bot.booking.calcom import CalcomCalendar
@@ -101,6 +116,7 @@ def build_calendar(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Bo
             locale=cfg.locale,
             horizon_days=cfg.booking.horizon_days,
             cache_seconds=cfg.booking.availability_cache_seconds,
+            on_write=on_write,
         )
     return LocalCalendar(
         engine,
@@ -111,6 +127,7 @@ def build_calendar(tenant_id: str, cfg: TenantConfig, engine: AsyncEngine) -> Bo
         cfg.booking.slot_step,
         cfg.booking.horizon_days,
         cache_seconds=cfg.booking.availability_cache_seconds,
+        on_write=on_write,
     )
 
 
@@ -128,6 +145,8 @@ class Runtime:
         self.log = log
         self.sessions = SessionStore(redis, ttl_seconds=settings.session_ttl_days * 86400)
         self.inbox = Inbox(redis)
+        self.outbox = Outbox(engine)
+        self.relay: OutboxRelay | None = None
         self.voice = Voice(settings)
         self.reminders = Reminders(redis)
         self.tenants: dict[str, Tenant] = {}
@@ -173,6 +192,16 @@ class Runtime:
         self.tenants[tenant_id] = tenant
         return tenant
 
+    def start_relay(self, **options: Any) -> OutboxRelay:
+        """Deliver this process's share of the CRM outbox (the worker; the server or chat in embedded mode)."""
+        if self.relay is None:
+            self.relay = OutboxRelay(self.outbox, self._erxes_syncs, **options)
+            self.relay.start()
+        return self.relay
+
+    def _erxes_syncs(self) -> dict[str, ErxesSync]:
+        return {tenant_id: t.erxes for tenant_id, t in self.tenants.items() if t.erxes is not None}
+
     def tenant(self, tenant_id: str) -> Tenant:
         try:
             return self.tenants[tenant_id]
@@ -185,6 +214,8 @@ class Runtime:
         tenant = self.tenants.pop(tenant_id, None)
         if tenant is not None:
             await tenant.calendar.aclose()
+            if tenant.erxes is not None:
+                await tenant.erxes.client.aclose()
         await self.log.flush()
         async with self.db.begin() as conn:
             for table in tables.TENANT_TABLES:
@@ -193,8 +224,12 @@ class Runtime:
             await self.redis.delete(key)
 
     async def aclose(self) -> None:
+        if self.relay is not None:
+            await self.relay.aclose()
         for tenant in self.tenants.values():
             await tenant.calendar.aclose()
+            if tenant.erxes is not None:
+                await tenant.erxes.client.aclose()
         self.voice.close()
         await close_clients()
         await self.log.aclose()

@@ -460,6 +460,8 @@ def _ops_routes(app: FastAPI, state: _State) -> None:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
+        if state.services is not None:
+            await metrics.observe_outbox(state.services.runtime.outbox)
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

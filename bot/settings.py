@@ -13,7 +13,7 @@ from itertools import pairwise
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from channels.settings import TelegramSettings, VKSettings, WhatsAppSettings
 
@@ -199,6 +199,28 @@ class ChannelsConfig(Model):
     vk: VKSettings | None = None
 
 
+class ErxesConfig(Model):
+    """A tenant's erxes CRM (issue 9): customers, bookings as deals, handoff notes, the chat mirror."""
+
+    url: Annotated[str, _matching(r"https?://[^\s/]+(/[^\s]*)?", "use http(s)://host[/path] of the gateway")]
+    profile: Literal["v1", "v3"] = "v3"
+    token: str = Field(min_length=1, description="v3: an app token (Bearer); v1: an erxes-app-token JWT")
+    deal_stage_id: str = Field(default="", description="bookings become deals in this stage; empty: notes")
+    tag_ids: list[str] = Field(default_factory=list, description="tags put on customers the bot creates")
+    inbox_integration_id: str = Field(default="", description="non-empty: mirror the chat into this integration")
+    brand_code: str = Field(default="", description="v1: the messenger brand code used with the integration")
+
+    @model_validator(mode="after")
+    def _mirror_needs_brand(self) -> ErxesConfig:
+        if self.profile == "v1" and self.inbox_integration_id and not self.brand_code:
+            raise ValueError("brand_code is required with inbox_integration_id on the v1 profile")
+        return self
+
+
+class CrmConfig(Model):
+    erxes: ErxesConfig
+
+
 class VoiceConfig(Model):
     """Speech-to-text of voice notes (global): see ``llm.stt``. The language is each tenant's locale."""
 
@@ -266,6 +288,7 @@ class TenantConfig(Model):
     reminders: RemindersConfig = Field(default_factory=RemindersConfig)
     dialog: DialogConfig = Field(default_factory=DialogConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+    crm: CrmConfig | None = Field(default=None, description="no crm block: no CRM")
     info: InfoConfig = Field(default_factory=InfoConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     voice: TenantVoice = Field(default_factory=TenantVoice)

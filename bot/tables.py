@@ -136,6 +136,35 @@ class CalendarGrid(SQLModel, table=True):
     cell: int
 
 
+class CrmOutboxRow(SQLModel, table=True):
+    """One CRM operation waiting for (or done by) the outbox relay: see :mod:`bot.crm.outbox`.
+
+    ``stream`` is the customer (conversation id): rows of one stream are delivered in ``id`` order.
+    ``result`` (JSON) holds the erxes ids the operation produced or used.
+    """
+
+    __tablename__ = "crm_outbox"
+    __table_args__ = (
+        Index("ix_crm_outbox_stream", "tenant", "stream", "id"),
+        Index("ix_crm_outbox_status", "status", "next_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=_AUTO_ID)
+    tenant: str
+    stream: str
+    op: str  # customer | booking | cancel | reschedule | handoff | message
+    payload: str  # JSON
+    booking_id: str | None = None
+    status: str  # pending | done | failed
+    attempts: int = 0
+    next_at: datetime = Field(sa_type=UTCDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = None
+    result: str | None = None  # JSON
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 class LLMUsage(SQLModel, table=True):
     """One call to the LLM provider: who it was for, why, and the tokens the provider reported."""
 
@@ -161,7 +190,8 @@ MESSAGES: Table = SQLModel.metadata.tables["messages"]
 BOOKINGS: Table = SQLModel.metadata.tables["bookings"]
 CELLS: Table = SQLModel.metadata.tables["booking_cells"]
 GRIDS: Table = SQLModel.metadata.tables["calendar_grids"]
+CRM_OUTBOX: Table = SQLModel.metadata.tables["crm_outbox"]
 LLM_USAGE: Table = SQLModel.metadata.tables["llm_usage"]
 
 # Every table has a ``tenant`` column: deleting a tenant's rows from these removes all of its data.
-TENANT_TABLES: tuple[Table, ...] = (CUSTOMERS, CONVERSATIONS, MESSAGES, BOOKINGS, CELLS, GRIDS, LLM_USAGE)
+TENANT_TABLES: tuple[Table, ...] = (CUSTOMERS, CONVERSATIONS, MESSAGES, BOOKINGS, CELLS, GRIDS, CRM_OUTBOX, LLM_USAGE)

@@ -18,12 +18,19 @@ from bot.settings import Settings
 from channels import terminal
 from channels.base import ChannelName, InboundMessage, OutButton
 
+CRM_SETTLE_S = 15.0  # how long an ended chat waits for the CRM outbox before leaving the rest to the next run
+
 
 async def chat(settings: Settings, *, tenant: str, channel: ChannelName, user: str | None, now: datetime | None) -> int:
     runtime = await Runtime.start(settings)
     try:
         runtime.tenant(tenant)
-        return await _loop(Pipeline(runtime), tenant, channel, user or f"local-{uuid.uuid4().hex[:8]}", now)
+        relay = runtime.start_relay()
+        status = await _loop(Pipeline(runtime), tenant, channel, user or f"local-{uuid.uuid4().hex[:8]}", now)
+        if not await relay.settle(CRM_SETTLE_S):
+            print("CRM: some updates are still queued; `bookingbot worker` or the next chat delivers them",
+                  file=sys.stderr)
+        return status
     finally:
         await runtime.aclose()
 

@@ -243,6 +243,8 @@ class Services:
         drainer.setdefault("dead_letter_after", runtime.settings.dead_letter_after_minutes * 60)
         drains = Drainer(runtime, Sender(redis, channels.outlet), Markers(redis), media=channels.fetch_media, **drainer)
         scheduler: Scheduler = InProcess(drains.run_to_end) if in_process else ArqQueue(queue_name)
+        if in_process:  # no worker: this process also delivers the CRM outbox
+            runtime.start_relay()
         if not in_process:  # reminders: arq deferred jobs; in process, Reminders.loop (bot.server) fires them
             runtime.reminders.use_arq(queue_name)
         return cls(runtime, webchat, channels, drains, Ingest(redis, scheduler))
@@ -319,6 +321,7 @@ class ResilientWorker(Worker):
 async def _startup(ctx: dict[str, Any]) -> None:
     runtime = await Runtime.start_when_reachable(ctx["settings"])
     ctx["services"] = Services.build(runtime, in_process=False, queue_name=ctx["queue_name"])
+    runtime.start_relay()  # the CRM outbox (bot.crm.relay): a periodic task of every worker
     freeze_startup_objects()  # the runtime and tenants just built are as long-lived as the imports
 
 

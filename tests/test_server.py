@@ -144,6 +144,8 @@ async def test_health_ready_and_metrics(s: Stack, http: httpx.AsyncClient) -> No
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert 'bookingbot_webhooks_total{channel="telegram",status="401"}' in metrics.text
     assert "bookingbot_webhook_ack_seconds_bucket" in metrics.text
+    assert 'bookingbot_crm_outbox_rows{status="pending"}' in metrics.text  # read from SQL at each scrape
+    assert 'bookingbot_crm_outbox_oldest_age_seconds{status="failed"}' in metrics.text
 
 
 async def test_redis_and_database_down_give_503_not_500(s: Stack) -> None:

@@ -5,10 +5,12 @@ A backend is also the engine's :class:`dialogs.ports.CalendarPort` (the read sid
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dialogs.ports import BookingView
 
@@ -42,6 +44,12 @@ class Booking(BaseModel):
 
     def view(self) -> BookingView:
         return BookingView(id=self.id, service=self.service, start=self.start, minutes=self.minutes)
+
+
+BookingKind = Literal["book", "cancel", "reschedule"]
+# Called by a backend inside the SQL transaction that records a booking change, with that transaction's
+# connection, so what it writes (the CRM outbox rows) commits or rolls back with the booking.
+BookingWritten = Callable[[AsyncConnection, BookingKind, Booking], Awaitable[None]]
 
 
 class BookingBackend(Protocol):

@@ -49,7 +49,7 @@ import httpx
 from sqlalchemy import ColumnElement, Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.booking.base import Booking, BookRequest
+from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest
 from bot.exceptions import BackendUnavailable, BookingError, BookingNotFound, RateLimited, SlotTaken
 from bot.retry import Backoff
 from bot.settings import WEEKDAYS, CalcomConfig
@@ -265,8 +265,10 @@ class CalcomCalendar:
         cache_seconds: float = 2.0,
         clock: Clock | None = None,
         client: CalcomClient | None = None,
+        on_write: BookingWritten | None = None,
     ) -> None:
         self.engine = engine
+        self.on_write = on_write  # joins every change of our record's transaction (the CRM outbox)
         self.tenant = tenant
         self.tz = tz
         self.services = dict(services)
@@ -391,6 +393,8 @@ class CalcomCalendar:
                 .where(BOOKINGS.c.tenant == self.tenant, BOOKINGS.c.id == booking_id, BOOKINGS.c.status != status)
                 .values(status=status, updated_at=datetime.now(UTC))
             )
+            if result.rowcount and status == "cancelled":
+                await self._written(conn, "cancel", BOOKINGS.c.id == booking_id)
         return bool(result.rowcount)
 
     async def move(self, old_uid: str, new_uid: str, start: datetime) -> bool:
@@ -401,7 +405,16 @@ class CalcomCalendar:
                 .where(BOOKINGS.c.tenant == self.tenant, BOOKINGS.c.id == old_uid)
                 .values(id=new_uid, start_at=start, status="active", updated_at=datetime.now(UTC))
             )
+            if result.rowcount:
+                await self._written(conn, "reschedule", BOOKINGS.c.id == new_uid)
         return bool(result.rowcount)
+
+    async def _written(self, conn: AsyncConnection, kind: BookingKind, row: ColumnElement[bool]) -> None:
+        """Let the ``on_write`` hook add its rows (CRM outbox) to this change's own transaction."""
+        if self.on_write is not None:
+            booking = await self._find(conn, row)
+            if booking is not None:
+                await self.on_write(conn, kind, booking)
 
     async def adopt(self, booking: Booking) -> bool:
         """Record a booking made in cal.com itself (a webhook); False when it is known already."""
@@ -409,6 +422,7 @@ class CalcomCalendar:
             if await self._find(conn, BOOKINGS.c.id == booking.id) is not None:
                 return False
             await record_booking(conn, booking)
+            await self._written(conn, "book", BOOKINGS.c.id == booking.id)
         return True
 
     def service_of(self, event_type: int) -> str | None:
@@ -494,6 +508,7 @@ class CalcomCalendar:
                     .values(key=f"{previous.key}#{previous.id}")
                 )
             await record_booking(conn, booking)
+            await self._written(conn, "book", BOOKINGS.c.id == booking.id)
         self._taken(booking.start, booking.minutes)
         return booking
 

@@ -51,7 +51,7 @@ from sqlalchemy import ColumnElement, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.booking.base import Booking, BookRequest
+from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest
 from bot.db import dialect_insert
 from bot.exceptions import BookingError, BookingNotFound, SlotTaken, StorageError
 from bot.settings import WEEKDAYS
@@ -139,6 +139,7 @@ class LocalCalendar:
         *,
         clock: Clock | None = None,
         cache_seconds: float = 0.0,
+        on_write: BookingWritten | None = None,
     ) -> None:
         if slot_step <= 0 or horizon_days < 0 or any(m <= 0 for m in services.values()):
             raise BookingError(f"{tenant}: slot step and service durations must be positive, horizon not negative")
@@ -154,6 +155,7 @@ class LocalCalendar:
         self._cell = self._wanted_cell
         self._grid_ready = False
         self.cache_seconds = cache_seconds
+        self.on_write = on_write
         # (service, first day, last day, earliest minute) -> (expires, free starts)
         self._free: dict[tuple[str, date, date, int], tuple[float, tuple[datetime, ...]]] = {}
 
@@ -219,6 +221,7 @@ class LocalCalendar:
                 booking = self._new_booking(request, found.id if found else uuid.uuid4().hex, start, minutes)
                 await self._save(conn, booking, reactivate=found is not None)
                 await self._occupy(conn, booking.id, start, minutes, cell)
+                await self._written(conn, "book", booking)
                 return booking
         except SlotTaken:
             winner = await self._by_key(request.key)
@@ -235,7 +238,9 @@ class LocalCalendar:
                 return booking
             await self._update(conn, booking.id, status="cancelled")
             await self._release(conn, booking)
-            return booking.model_copy(update={"status": "cancelled"})
+            cancelled = booking.model_copy(update={"status": "cancelled"})
+            await self._written(conn, "cancel", cancelled)
+            return cancelled
 
     async def reschedule(self, booking_id: str, start: datetime) -> Booking:
         _aware(start, "start")
@@ -249,7 +254,14 @@ class LocalCalendar:
             await self._release(conn, booking)
             await self._occupy(conn, booking.id, new_start, booking.minutes, cell)
             await self._update(conn, booking.id, start_at=start)
-            return booking.model_copy(update={"start": self._local(new_start)})
+            moved = booking.model_copy(update={"start": self._local(new_start)})
+            await self._written(conn, "reschedule", moved)
+            return moved
+
+    async def _written(self, conn: AsyncConnection, kind: BookingKind, booking: Booking) -> None:
+        """Let the ``on_write`` hook add its rows (CRM outbox) to the booking's own transaction."""
+        if self.on_write is not None:
+            await self.on_write(conn, kind, booking)
 
     async def block(self, start: datetime, minutes: int) -> None:
         if minutes <= 0:
