@@ -33,7 +33,7 @@ from bot.settings import BookingConfig, DialogConfig, Settings, TenantConfig, di
 from dialogs.exceptions import Problem, TemplateError
 from dialogs.loader import available_templates, builtin_template, text_problems, validator_problems
 from dialogs.schema import Template
-from llm.stt import model_problem
+from llm.models import model_problem
 
 ENV_VAR = "BOOKINGBOT_CONFIG"
 DEFAULT_PATH = Path("config.yaml")

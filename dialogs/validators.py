@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
 
-import phonenumbers
-
 from dialogs.extract import ExtractContext, extract_phone
 from dialogs.ports import CalendarPort, TenantProfile
 
@@ -119,6 +117,8 @@ async def _free_time(value: str, ctx: Context) -> str | None:
 
 
 async def _valid_phone(value: str, ctx: Context) -> str | None:
+    import phonenumbers  # imported where it is used: see dialogs.extract.contacts.find_phone
+
     try:
         if phonenumbers.is_valid_number(phonenumbers.parse(value, ctx.profile.default_region)):
             return None

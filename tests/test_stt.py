@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from llm.exceptions import AudioTooLarge, AudioTooLong, BadAudio, LanguageNotSupported, ModelUnavailable
-from llm.stt import SpeechToText, SttConfig, decode, load_model, model_problem, resolve_model
+from llm.models import model_problem, resolve_model
+from llm.stt import SpeechToText, SttConfig, decode, load_model
 
 VOICE = Path(__file__).resolve().parent.parent / "fixtures" / "voice"
 

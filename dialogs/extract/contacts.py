@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import phonenumbers
-
 from dialogs.extract.dates import blank, find_dates, fold
 from dialogs.extract.services import extract_service
 from dialogs.extract.times import find_times
@@ -80,6 +78,8 @@ def extract_phone(text: str, ctx: ExtractContext) -> str | None:
 def find_phone(text: str, ctx: ExtractContext) -> tuple[str, tuple[int, int]] | None:
     if len(_DIGIT.findall(text)) < _MIN_PHONE_DIGITS:  # the matcher is slow; most messages have no phone
         return None
+    import phonenumbers  # ~50 ms to import: paid by the first message with a phone, not by every start-up
+
     leniency = phonenumbers.Leniency.POSSIBLE  # validity is checked below, to let fiction ranges through
     for m in phonenumbers.PhoneNumberMatcher(text, ctx.default_region, leniency=leniency):
         e164 = phonenumbers.format_number(m.number, phonenumbers.PhoneNumberFormat.E164)
