@@ -95,7 +95,7 @@ def test_models_resolve_to_local_files_only(tmp_path: Path) -> None:
 
 def test_a_model_shipped_in_parts_is_joined_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The multilingual ``base`` ships its model.bin split over two packages: joined under cache_dir."""
-    import llm.stt as stt_module
+    import llm.models as stt_module
 
     for n, chunk in ((1, b"first-half|"), (2, b"second-half")):
         package = tmp_path / f"fake_model_part{n}"
