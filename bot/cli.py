@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime
@@ -72,6 +70,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
     from dialogs.graph import to_dot, to_mermaid
     from dialogs.loader import builtin_template
 
