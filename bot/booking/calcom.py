@@ -46,10 +46,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-from sqlalchemy import ColumnElement, Row, insert, select, update
+from sqlalchemy import ColumnElement, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest
+from bot.booking.records import BookingRecords
 from bot.exceptions import BackendUnavailable, BookingError, BookingNotFound, RateLimited, SlotTaken
 from bot.retry import Backoff
 from bot.settings import WEEKDAYS, CalcomConfig
@@ -248,7 +249,7 @@ class _Window:
     starts: list[datetime]  # UTC
 
 
-class CalcomCalendar:
+class CalcomCalendar(BookingRecords):
     """One tenant's bookings in cal.com (see the module docstring)."""
 
     def __init__(
@@ -566,31 +567,3 @@ class CalcomCalendar:
         for (service, _lo, _hi), window in self._windows.items():
             length = timedelta(minutes=self.services.get(service, 0))
             window.starts = [s for s in window.starts if s >= end or s + length <= start]
-
-    async def _find(self, conn: AsyncConnection, condition: ColumnElement[bool]) -> Booking | None:
-        row = (await conn.execute(select(BOOKINGS).where(BOOKINGS.c.tenant == self.tenant, condition))).first()
-        return None if row is None else self._booking(row)
-
-    async def _active(self, *conditions: ColumnElement[bool]) -> list[Booking]:
-        query = (
-            select(BOOKINGS)
-            .where(BOOKINGS.c.tenant == self.tenant, BOOKINGS.c.status == "active", *conditions)
-            .order_by(BOOKINGS.c.start_at, BOOKINGS.c.id)
-        )
-        async with self.engine.connect() as conn:
-            return [self._booking(row) for row in await conn.execute(query)]
-
-    def _booking(self, row: Row[Any]) -> Booking:
-        return Booking(
-            id=row.id,
-            tenant=row.tenant,
-            key=row.key,
-            customer=row.customer,
-            service=row.service,
-            start=row.start_at.astimezone(self.tz),
-            minutes=row.minutes,
-            name=row.name,
-            phone=row.phone,
-            email=row.email,
-            status=row.status,
-        )

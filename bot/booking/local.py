@@ -47,11 +47,12 @@ from time import monotonic as time_monotonic
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Row, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest
+from bot.booking.records import BookingRecords
 from bot.db import dialect_insert
 from bot.exceptions import BookingError, BookingNotFound, SlotTaken, StorageError
 from bot.settings import WEEKDAYS
@@ -124,7 +125,7 @@ def _cell_size(step: int, durations: list[int], hours: dict[int, tuple[tuple[int
     return math.gcd(step, *durations, *opens, *offset_minutes)
 
 
-class LocalCalendar:
+class LocalCalendar(BookingRecords):
     """One tenant's calendar in SQL (PostgreSQL or SQLite). See the module docstring for the rules."""
 
     def __init__(
@@ -441,37 +442,6 @@ class LocalCalendar:
             .values(updated_at=datetime.now(UTC), **values)
         )
 
-    async def _find(
-        self, conn: AsyncConnection, condition: ColumnElement[bool], *, lock: bool = False
-    ) -> Booking | None:
-        query = select(BOOKINGS).where(BOOKINGS.c.tenant == self.tenant, condition)
-        row = (await conn.execute(query.with_for_update() if lock else query)).first()
-        return None if row is None else self._booking(row)
-
     async def _by_key(self, key: str) -> Booking | None:
         async with self.engine.connect() as conn:
             return await self._find(conn, BOOKINGS.c.key == key)
-
-    async def _active(self, *conditions: ColumnElement[bool]) -> list[Booking]:
-        query = (
-            select(BOOKINGS)
-            .where(BOOKINGS.c.tenant == self.tenant, BOOKINGS.c.status == "active", *conditions)
-            .order_by(BOOKINGS.c.start_at, BOOKINGS.c.id)
-        )
-        async with self.engine.connect() as conn:
-            return [self._booking(row) for row in await conn.execute(query)]
-
-    def _booking(self, row: Row[Any]) -> Booking:
-        return Booking(
-            id=row.id,
-            tenant=row.tenant,
-            key=row.key,
-            customer=row.customer,
-            service=row.service,
-            start=row.start_at.astimezone(self.tz),
-            minutes=row.minutes,
-            name=row.name,
-            phone=row.phone,
-            email=row.email,
-            status=row.status,
-        )
