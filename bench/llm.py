@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from bot import keys
 from bot.assist.observe import Observer
 from bot.config import load_config
-from bot.replay import Replayer, load_fixture
+from bot.devtools.replay import Replayer, load_fixture
 from bot.runtime import Runtime
 from llm.metered import CallMeta, MeteredProvider
 from llm.provider import ChatMessage, ChatProvider, ChatRequest, ProviderConfig, close_clients

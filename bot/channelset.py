@@ -1,7 +1,7 @@
 """The channel adapters of every tenant, built once per process from ``bot.settings``.
 
 A tenant has an adapter for each channel configured under its ``channels:`` key, and always the web chat
-(whose outlet is the shared :class:`bot.webchat.WebChat`).
+(whose outlet is the shared :class:`bot.web.webchat.WebChat`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from bot.exceptions import ChannelNotConfigured
 from bot.sender import Outlet
 from bot.settings import Settings, TenantConfig
-from bot.webchat import WebChat
+from bot.web.webchat import WebChat
 from channels.base import Channel, InboundMessage
 from channels.exceptions import SendError
 

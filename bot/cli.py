@@ -96,7 +96,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
-    from bot.terminal import chat
+    from bot.devtools.terminal import chat
 
     return await chat(
         _settings(args),
@@ -114,7 +114,7 @@ async def cmd_reminders(args: argparse.Namespace) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace) -> int:
-    from bot.replay import Replayer, update_fixture
+    from bot.devtools.replay import Replayer, update_fixture
     from bot.runtime import Runtime
 
     paths = _fixture_paths(args.paths)
@@ -154,7 +154,7 @@ def _fixture_paths(items: Sequence[str]) -> list[Path]:
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
-    from bot.export import export_fixture
+    from bot.devtools.export import export_fixture
     from bot.runtime import Runtime
 
     settings = _settings(args)
@@ -203,7 +203,7 @@ async def cmd_usage(args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    from bot.server import serve
+    from bot.web.server import serve
 
     in_process = True if args.workers_inprocess else None
     return await serve(_settings(args), host=args.host, port=args.port, in_process=in_process)
@@ -211,7 +211,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     if args.check:
-        from bot.heartbeat import check
+        from bot.ops.heartbeat import check
 
         return await check(_settings(args))
     from bot.worker import run_worker
@@ -247,7 +247,7 @@ async def cmd_poll(args: argparse.Namespace) -> int:
 
 async def cmd_bookings(args: argparse.Namespace) -> int:
     from bot.runtime import Runtime
-    from bot.staff import print_bookings
+    from bot.web.staff import print_bookings
 
     runtime = await Runtime.start(_settings(args))
     try:
@@ -258,7 +258,7 @@ async def cmd_bookings(args: argparse.Namespace) -> int:
 
 
 async def cmd_deadletters(args: argparse.Namespace) -> int:
-    from bot.deadletters import dead_letters, retry
+    from bot.ops.deadletters import dead_letters, retry
     from bot.runtime import Runtime
     from bot.worker import Services
 

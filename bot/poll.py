@@ -39,7 +39,7 @@ async def poll(settings: Settings, tenant: str, *, in_process: bool | None = Non
     if tenant not in settings.tenants:
         print(f"unknown tenant {tenant!r} (configured: {', '.join(settings.tenants)})", file=sys.stderr)
         return 2
-    from bot.server import drains_in_process
+    from bot.web.server import drains_in_process
 
     run_in_process = drains_in_process(settings, in_process)
     services = Services.build(await Runtime.start(settings), in_process=run_in_process)

@@ -55,7 +55,6 @@ from bot import keys, metrics, reminders
 from bot.booking import calcom_webhooks
 from bot.channelset import ChannelSet
 from bot.exceptions import ChannelNotConfigured, ConfigError, DeliveryFailed, StorageError
-from bot.heartbeat import HEARTBEAT_S
 from bot.ingest import (
     DRAIN_JOB,
     ArqQueue,
@@ -67,13 +66,14 @@ from bot.ingest import (
     dumps_job,
     loads_job,
 )
+from bot.ops.heartbeat import HEARTBEAT_S
 from bot.pipeline import Pipeline
 from bot.retry import Backoff
 from bot.runtime import Runtime
 from bot.sender import Sender
 from bot.settings import Settings
 from bot.voice import MediaFetch
-from bot.webchat import WebChat
+from bot.web.webchat import WebChat
 from channels.base import InboundMessage
 from dialogs.exceptions import Problem
 
@@ -245,7 +245,7 @@ class Services:
         scheduler: Scheduler = InProcess(drains.run_to_end) if in_process else ArqQueue(queue_name)
         if in_process:  # no worker: this process also delivers the CRM outbox
             runtime.start_relay()
-        if not in_process:  # reminders: arq deferred jobs; in process, Reminders.loop (bot.server) fires them
+        if not in_process:  # reminders: arq deferred jobs; in process, Reminders.loop (bot.web.server) fires them
             runtime.reminders.use_arq(queue_name)
         return cls(runtime, webchat, channels, drains, Ingest(redis, scheduler))
 
@@ -350,7 +350,7 @@ def worker_settings(settings: Settings, *, queue_name: str = keys.JOB_QUEUE) -> 
         "job_serializer": dumps_job,
         "job_deserializer": loads_job,
         "keep_result": 0,
-        "health_check_interval": HEARTBEAT_S,  # see bot/heartbeat.py
+        "health_check_interval": HEARTBEAT_S,  # see bot/ops/heartbeat.py
         "health_check_key": keys.worker_heartbeat(queue_name),
         "max_jobs": 100,
         "poll_delay": 0.02,  # arq polls its queue; its default 0.5 s put the reply p50 at ~360 ms (bench/webhooks.py)

@@ -22,8 +22,8 @@ import uvicorn
 from bot.config import load_config
 from bot.ingest import InProcess
 from bot.runtime import Runtime
-from bot.server import create_app
 from bot.settings import ChannelsConfig, Settings
+from bot.web.server import create_app
 from bot.worker import Services
 from channels.settings import TelegramSettings, VKSettings, WhatsAppSettings
 from tests.doubles.telegram import TelegramDouble

@@ -29,8 +29,8 @@ from bot.ingest import InProcess
 from bot.reminders import fire, listing
 from bot.runtime import Runtime
 from bot.sender import Sender
-from bot.server import create_app
 from bot.settings import BookingConfig, CalcomConfig, RemindersConfig, WhatsAppTemplateConfig
+from bot.web.server import create_app
 from bot.worker import Services
 
 LONDON = ZoneInfo("Europe/London")

@@ -16,7 +16,7 @@ from doubles.calcom import CalcomDouble
 from test_replay import FIXTURES
 
 from bot.config import load_config
-from bot.replay import Fixture, Replayer, local_time
+from bot.devtools.replay import Fixture, Replayer, local_time
 from bot.runtime import Runtime, Tenant
 
 TIMEZONES = {"demo": "Europe/London", "demo-ru": "Europe/Moscow"}

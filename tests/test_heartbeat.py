@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from _stack import ROOT
 
 from bot.config import load_config
-from bot.heartbeat import check
+from bot.ops.heartbeat import check
 from bot.settings import Settings
 from bot.worker import make_worker
 

@@ -22,7 +22,7 @@ from _stack import FIXTURES, A, Stack, serve_app, stack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.server import create_app
+from bot.web.server import create_app
 from channels import web
 from channels.base import MAX_TEXT
 from channels.telegram import SECRET_HEADER, TelegramChannel

@@ -16,8 +16,8 @@ from doubles.openai import PREFIX, OpenAIDouble
 
 from bot import keys
 from bot.config import load_config
+from bot.devtools.replay import Replayer
 from bot.pipeline import Pipeline
-from bot.replay import Replayer
 from bot.runtime import Runtime, Tenant
 from channels.base import InboundMessage
 from llm.provider import close_clients

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_config
-from bot.replay import Replayer, load_fixture
+from bot.devtools.replay import Replayer, load_fixture
 from bot.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from bot import db
 from bot.runtime import Runtime
-from bot.server import MAX_BODY, create_app
+from bot.web.server import MAX_BODY, create_app
 from bot.worker import Services
 from channels.base import OutboundMessage, OutButton
 from tests.doubles.whatsapp import signature

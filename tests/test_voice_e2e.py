@@ -20,7 +20,7 @@ from ruamel.yaml import YAML
 from sqlalchemy import text
 
 from bot import keys
-from bot.export import export_fixture
+from bot.devtools.export import export_fixture
 
 VOICE = Path(__file__).resolve().parent.parent / "fixtures" / "voice"
 _ids = itertools.count(1)

@@ -23,7 +23,7 @@ from bot.booking.base import BookRequest
 from bot.config import load_config
 from bot.ingest import InProcess
 from bot.runtime import Runtime
-from bot.server import create_app
+from bot.web.server import create_app
 from bot.worker import Services
 from channels.base import InboundMessage
 

@@ -20,10 +20,10 @@ from conftest import REDIS_URL
 from redis.asyncio import Redis
 
 from bot import keys
-from bot.deadletters import dead_letters, retry
 from bot.exceptions import DeliveryFailed
 from bot.inbox import Inbox
 from bot.ingest import DRAIN_JOB, Accepted, ArqQueue, Ingest, InProcess, Markers, Release, dumps_job, loads_job
+from bot.ops.deadletters import dead_letters, retry
 from bot.retry import Backoff
 from bot.sender import Limit, RateLimiter, Sender, limits_for
 from bot.worker import Drainer, make_worker

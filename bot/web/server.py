@@ -20,7 +20,7 @@ cal.com ``X-Cal-Signature-256`` wrong or missing       401
 VK ``secret`` wrong (or another community's event)     403 (VK puts the secret in the body)
 unknown tenant, channel not configured for the tenant  404
 body over 1 MB (``Content-Length`` or streamed)        413
-body not received within 10 s (trickled)               408 (:mod:`bot.bodydeadline`)
+body not received within 10 s (trickled)               408 (:mod:`bot.web.bodydeadline`)
 update type we do not handle                           200, ignored
 Redis unreachable                                      503 (the provider redelivers later)
 =====================================================  ==========================================
@@ -46,14 +46,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from bot import metrics
-from bot.bodydeadline import BODY_TIMEOUT_S, BodyDeadline, BodyTimeout
 from bot.booking import calcom_webhooks
 from bot.exceptions import ChannelNotConfigured
 from bot.ingest import Accepted, InProcess
 from bot.runtime import Runtime
 from bot.sender import Sender
 from bot.settings import Settings
-from bot.webchat import MAX_WAIT_S
+from bot.web.bodydeadline import BODY_TIMEOUT_S, BodyDeadline, BodyTimeout
+from bot.web.webchat import MAX_WAIT_S
 from bot.worker import Services, freeze_startup_objects
 from channels import web
 from channels.base import Channel
@@ -404,7 +404,7 @@ def _poll_params(request: Request) -> tuple[str, int, float]:
 def _staff_routes(app: FastAPI, state: _State) -> None:
     @app.get("/staff/{tenant}", response_class=HTMLResponse)
     async def staff(tenant: str, request: Request) -> Response:
-        from bot.staff import StaffRefused, staff_page
+        from bot.web.staff import StaffRefused, staff_page
 
         try:
             page = await staff_page(state.require().runtime, tenant, request.query_params.get("token"))

@@ -1,0 +1,1 @@
+"""Developer tools over the real pipeline: the terminal chat, fixture replay and export."""
