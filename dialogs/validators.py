@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
 
-from dialogs.extract import ExtractContext, extract_phone
+from dialogs.extract.contacts import usable_phone
 from dialogs.ports import CalendarPort, TenantProfile
 
 
@@ -120,14 +120,10 @@ async def _valid_phone(value: str, ctx: Context) -> str | None:
     import phonenumbers  # imported where it is used: see dialogs.extract.contacts.find_phone
 
     try:
-        if phonenumbers.is_valid_number(phonenumbers.parse(value, ctx.profile.default_region)):
-            return None
+        number = phonenumbers.parse(value, ctx.profile.default_region)
     except phonenumbers.NumberParseException:
         return "invalid"
-    # Otherwise valid is what the phone extractor reads as a number (it also admits the drama ranges).
-    extract = ExtractContext(now=ctx.now, tz=ctx.profile.tz, locale=ctx.profile.locale,
-                             default_region=ctx.profile.default_region)  # fmt: skip
-    return None if extract_phone(value, extract) else "invalid"
+    return None if usable_phone(number) else "invalid"
 
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]{2,}")

@@ -22,6 +22,8 @@ from dialogs.extract.services import extract_service
 from dialogs.extract.times import find_times
 
 if TYPE_CHECKING:
+    from phonenumbers import PhoneNumber
+
     from dialogs.extract import ExtractContext
 
 _MIN_PHONE_DIGITS = 7
@@ -80,12 +82,19 @@ def find_phone(text: str, ctx: ExtractContext) -> tuple[str, tuple[int, int]] | 
         return None
     import phonenumbers  # ~50 ms to import: paid by the first message with a phone, not by every start-up
 
-    leniency = phonenumbers.Leniency.POSSIBLE  # validity is checked below, to let fiction ranges through
+    leniency = phonenumbers.Leniency.POSSIBLE  # validity is checked by usable_phone, to let fiction through
     for m in phonenumbers.PhoneNumberMatcher(text, ctx.default_region, leniency=leniency):
-        e164 = phonenumbers.format_number(m.number, phonenumbers.PhoneNumberFormat.E164)
-        if phonenumbers.is_valid_number(m.number) or e164.startswith(_FICTION_PREFIXES):
+        if e164 := usable_phone(m.number):
             return e164, (m.start, m.end)
     return None
+
+
+def usable_phone(number: PhoneNumber) -> str | None:
+    """``number`` as E.164 if it is valid or in a drama range (module docstring), else ``None``."""
+    import phonenumbers
+
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164 if phonenumbers.is_valid_number(number) or e164.startswith(_FICTION_PREFIXES) else None
 
 
 def extract_name(text: str, ctx: ExtractContext) -> str | None:
