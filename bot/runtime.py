@@ -82,10 +82,11 @@ def build_tenant(
     engine: AsyncEngine,
     assistant: Assistant | None = None,
     reminders: Reminders | None = None,
+    profile: TenantProfile | None = None,
 ) -> Tenant:
-    """A tenant's profile, dialog engine, booking backend and CRM, from its config (with its LLM, when it is
-    on, and its reminders, if any)."""
-    profile = tenant_profile(tenant_id, cfg)
+    """A tenant's profile (unless the caller built it already), dialog engine, booking backend and CRM, from its
+    config (with its LLM, when it is on, and its reminders, if any)."""
+    profile = profile or tenant_profile(tenant_id, cfg)
     crm = erxes = None
     if cfg.crm is not None:
         crm = CrmRecorder(engine, tenant_id, cfg.crm.erxes, {s.id: s.label for s in cfg.services})
@@ -188,7 +189,8 @@ class Runtime:
         profile = tenant_profile(tenant_id, cfg)
         llm = build_assistant(profile, self.settings.llm, cfg.llm, self.redis, self.db, cache_of=alias_of)
         desk = HandoffDesk(self.redis, self.sessions, cfg.handoff.webhook_url)
-        tenant = dataclasses.replace(build_tenant(tenant_id, cfg, self.db, llm, self.reminders), desk=desk)
+        tenant = build_tenant(tenant_id, cfg, self.db, llm, self.reminders, profile)
+        tenant = dataclasses.replace(tenant, desk=desk)
         self.tenants[tenant_id] = tenant
         return tenant
 
