@@ -8,6 +8,7 @@ duplicates nothing. A rejected row holds its customer's later rows until it is q
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -195,6 +196,62 @@ async def test_rejected_row_holds_its_customer_until_retried(services_env: dict[
         await settle(relay)
         [deal] = erxes.deals.values()
         assert deal["startDate"] == datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
+
+
+async def test_a_refused_token_parks_at_once_and_a_fixed_one_resumes_in_order(
+    services_env: dict[str, str], erxes: ErxesDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    parked_before = metrics.OUTBOX_PARKED.labels("auth")._value.get()
+    erxes.token = "rotated"  # staff revoked the bot's app token
+    async with crm_runtime(services_env, erxes) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        chat = Chat(runtime, tenant)
+        with caplog.at_level(logging.INFO, logger="bot.crm.relay"):
+            await chat.say(*BOOK)
+
+            async def parked() -> bool:
+                return await rows(runtime, tenant) == [("customer", "failed", 1), ("booking", "pending", 0)]
+
+            await until(parked)
+            calls = len(erxes.calls)
+            await asyncio.sleep(0.5)  # ten relay polls and backoff delays: nothing is tried again
+            assert len(erxes.calls) == calls
+            await chat.say("can I reschedule?", "Friday", "5pm", "yes")
+            await asyncio.sleep(0.3)  # the reschedule waits behind the parked row, as the booking does
+        assert await rows(runtime, tenant) == [
+            ("customer", "failed", 1), ("booking", "pending", 0), ("reschedule", "pending", 0)]
+        assert metrics.OUTBOX_PARKED.labels("auth")._value.get() == parked_before + 1
+        [report] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert tenant in report.getMessage() and "crm.erxes.token" in report.getMessage()
+        [row, *_] = await runtime.outbox.open_rows(tenant)
+        assert "crm.erxes.token" in (row.last_error or "")  # what `bookingbot outbox` shows
+
+        erxes.token = TOKEN  # the operator puts a valid token in place, then `bookingbot outbox retry`
+        assert await runtime.outbox.retry_failed(tenant) == 1
+        await settle(relay)
+        assert [s for _, s, _ in await rows(runtime, tenant)] == ["done", "done", "done"]
+        [customer] = erxes.customers.values()
+        [deal] = erxes.deals.values()
+        assert deal["customerIds"] == [customer["_id"]]
+        assert deal["startDate"] == datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
+
+
+async def test_a_denied_permission_parks_the_row(services_env: dict[str, str], erxes: ErxesDouble) -> None:
+    parked_before = metrics.OUTBOX_PARKED.labels("permission")._value.get()
+    erxes.deny("dealsAdd")
+    async with crm_runtime(services_env, erxes) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        await Chat(runtime, tenant).say(*BOOK)
+
+        async def parked() -> bool:
+            return await rows(runtime, tenant) == [("customer", "done", 1), ("booking", "failed", 1)]
+
+        await until(parked)
+        assert metrics.OUTBOX_PARKED.labels("permission")._value.get() == parked_before + 1
+        erxes.reset()  # the app's user group gets the permission (and erxes forgets this test's records)
+        assert await runtime.outbox.retry_failed(tenant) == 1
+        await settle(relay)
+        assert len(erxes.deals) == 1
 
 
 async def test_inbox_mirror_keeps_the_order(services_env: dict[str, str], erxes: ErxesDouble) -> None:

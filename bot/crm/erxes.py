@@ -1,15 +1,19 @@
 """The erxes GraphQL client: both profiles, one error mapper, and the operations the CRM outbox needs.
 
-Profiles (researched from erxes/erxes, tags 1.17.7 and master/main):
-    ``v1`` erxes 1.x/2.x: header ``erxes-app-token``; ``customers`` is a list (Elasticsearch, eventually
+Profiles (researched from erxes/erxes, tags 1.17.7, 3.0.0-3.0.91 and master/main):
+    ``v1`` erxes 1.x/2.x: a wrong or expired app token (a JWT) is not an HTTP error: the gateway drops it and
+    every resolver behind a login answers "Login required"; ``customers`` is a list (Elasticsearch, eventually
     consistent, so it is only the last resort); ``customerDetail(_id)`` also matches ``code``; tags of type
     ``contacts:customer``; the messenger is reached by ``brandCode``.
-    ``v3`` erxes 3.x: ``Authorization: Bearer``; ``customers`` returns ``{list, pageInfo, totalCount}`` and its
-    ``searchValue`` is a regular expression (we escape it); tags of type ``core:customer``; the messenger is
-    reached by ``integrationId``.
+    ``v3`` erxes 3.x: the app token (``sk_...``, Settings -> Apps) is checked by the gateway: a wrong or revoked
+    one is HTTP 401 ``{"error": "Invalid app token"}`` (no GraphQL body); ``customers`` returns
+    ``{list, pageInfo, totalCount}`` and its ``searchValue`` is a regular expression (we escape it); tags of type
+    ``core:customer``; the messenger is reached by ``integrationId``.
 
-Both: ``POST {url}/gateway/graphql``; business errors are HTTP 200 with ``errors[].message`` and a null field;
-the ``Date`` scalar drops inline string literals, so every date travels as a variable (ISO 8601 text).
+Both: ``POST {url}/gateway/graphql`` with the header ``erxes-app-token`` (3.x reads ``Authorization: Bearer`` as
+a user's login session, not an app token); business errors are HTTP 200 with ``errors[].message`` and a null
+field; ``widgets*`` operations are public (no login); the ``Date`` scalar drops inline string literals, so every
+date travels as a variable (ISO 8601 text).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def map_error(status: int, body: Any) -> CrmError | None:
     ``None``: the answer is a success (its ``data`` may be used).
     """
     errors = body.get("errors") if isinstance(body, dict) else None
-    message = _first_message(errors) or f"HTTP {status}"
+    message = _first_message(errors) or _gateway_message(body) or f"HTTP {status}"
     if status == 401 or status == 403:
         return CrmAuthFailed(f"erxes refused the token: {message}")
     if status == 429 or status >= 500:
@@ -72,6 +76,12 @@ def _first_message(errors: Any) -> str | None:
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         return str(errors[0].get("message") or "") or None
     return None
+
+
+def _gateway_message(body: Any) -> str | None:
+    """The ``{"error": ...}`` text erxes's gateway answers before GraphQL runs (3.x: "Invalid app token")."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) and error else None
 
 
 def _first_code(errors: Any) -> str | None:
@@ -119,11 +129,7 @@ class ErxesClient:
     def __init__(self, config: ErxesConfig, *, timeout: float = 10.0) -> None:
         self.config = config
         self.v1 = config.profile == "v1"
-        headers = {"Content-Type": "application/json"}
-        if self.v1:
-            headers["erxes-app-token"] = config.token
-        else:
-            headers["Authorization"] = f"Bearer {config.token}"
+        headers = {"Content-Type": "application/json", "erxes-app-token": config.token}
         self._http = httpx.AsyncClient(
             base_url=config.url.rstrip("/"), headers=headers, timeout=timeout, trust_env=False
         )
