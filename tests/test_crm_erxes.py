@@ -162,3 +162,22 @@ async def test_a_refused_token_is_reported_as_erxes_reports_it(erxes: ErxesDoubl
         await mirror.aclose()
     await bad.aclose()
 
+
+async def test_notes_and_mirrored_messages_can_be_read_back(erxes: ErxesDouble) -> None:
+    config = ErxesConfig(url=erxes.url, profile=erxes.profile, token=TOKEN, inbox_integration_id="integration-1",
+                         brand_code="brand-1")
+    client = ErxesClient(config)
+    customer = await client.add_customer(CustomerFields(code="web:4", name="Cy"))
+    assert await client.find_note(customer, "[bb:note-1]") is None
+    note = await client.add_note(customer, "call them [bb:note-1]")
+    assert await client.find_note(customer, "[bb:note-1]") == note
+    assert await client.find_note(customer, "[bb:note-2]") is None
+    visitor = await client.messenger_connect("web:4", None, None)
+    assert await client.latest_message(visitor, None) is None
+    conversation, first = await client.insert_message(visitor, None, "hello")
+    latest = await client.latest_message(visitor, None)
+    assert latest is not None and (latest.conversation, latest.id, latest.text) == (conversation, first, "hello")
+    _, second = await client.insert_message(visitor, conversation, "[bot] hi")
+    latest = await client.latest_message(visitor, conversation)
+    assert latest is not None and (latest.id, latest.text) == (second, "[bot] hi")
+    await client.aclose()

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -27,7 +27,7 @@ from bot import metrics
 from bot.booking.base import Booking, BookingKind, BookRequest
 from bot.booking.local import LocalCalendar
 from bot.config import load_config
-from bot.crm.outbox import enqueue
+from bot.crm.outbox import Outbox, enqueue
 from bot.crm.relay import OutboxRelay
 from bot.pipeline import Pipeline
 from bot.runtime import Runtime
@@ -252,6 +252,65 @@ async def test_a_denied_permission_parks_the_row(services_env: dict[str, str], e
         assert await runtime.outbox.retry_failed(tenant) == 1
         await settle(relay)
         assert len(erxes.deals) == 1
+
+
+async def test_a_lost_note_answer_leaves_one_note(services_env: dict[str, str], erxes: ErxesDouble) -> None:
+    async with crm_runtime(services_env, erxes, deal_stage_id="") as (runtime, tenant):  # bookings become notes
+        relay = runtime.start_relay(**FAST)
+        erxes.lose_next_answers(1, field="internalNotesAdd")
+        await Chat(runtime, tenant).say(*BOOK)
+        await settle(relay)
+        assert await rows(runtime, tenant) == [("customer", "done", 1), ("booking", "done", 2)]
+        [customer] = erxes.customers.values()
+        [note] = erxes.notes
+        assert note["contentTypeId"] == customer["_id"] and note["content"].startswith("Booked via the bot")
+
+
+async def test_a_lost_handoff_answer_leaves_one_note(services_env: dict[str, str], erxes: ErxesDouble) -> None:
+    async with crm_runtime(services_env, erxes) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        erxes.lose_next_answers(1, field="internalNotesAdd")
+        erxes.lose_next_answers(1, field="tagsAdd")
+        chat = Chat(runtime, tenant)
+        assert await chat.say("haircut tomorrow at 5pm, I'm John", "I want to talk to a real person") == "handoff"
+        await settle(relay)
+        [customer] = erxes.customers.values()
+        [tag] = erxes.tags.values()
+        assert customer["tagIds"] == [tag["_id"]]
+        assert [n["contentTypeId"] for n in erxes.notes] == [customer["_id"]]
+
+
+async def test_lost_message_answers_mirror_each_message_once(
+    services_env: dict[str, str], erxes: ErxesDouble
+) -> None:
+    mirror = {"inbox_integration_id": erxes.integration_id, "brand_code": erxes.brand_code}
+    async with crm_runtime(services_env, erxes, **mirror) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        chat = Chat(runtime, tenant)
+        erxes.lose_next_answers(1, field="widgetsInsertMessage")  # the first: the conversation's id is lost too
+        await chat.say("hi")
+        await settle(relay)
+        erxes.lose_next_answers(1, field="widgetsInsertMessage")  # a later one, in the known conversation
+        await chat.say("hi")  # the same text again is a new message, not the retried one
+        await settle(relay)
+        assert [m["content"] for m in erxes.messages] == await _logged(runtime, tenant, chat.conversation)
+        assert len({m["conversationId"] for m in erxes.messages}) == 1
+        assert sorted(attempts for op, _, attempts in await rows(runtime, tenant) if op == "message")[-3:] == [1, 2, 2]
+
+
+async def test_a_row_whose_relay_died_mid_attempt_counts_as_retried(pg_engine: AsyncEngine) -> None:
+    tenant = f"crm-lease-{uuid4().hex[:10]}"
+    async with pg_engine.begin() as conn:
+        await enqueue(conn, tenant, "web:1", "handoff", {"reason": "requested"})
+    outbox = Outbox(pg_engine, lease=timedelta(seconds=1))
+    now = datetime.now(UTC)
+    [first] = await outbox.claim([tenant], now)
+    assert not first.retried
+    # the relay holding it dies before it records an outcome; once the lease runs out another relay claims it
+    [again] = await outbox.claim([tenant], now + timedelta(seconds=2))
+    assert again.id == first.id and again.attempts == 0 and again.retried
+    async with pg_engine.begin() as conn:
+        await conn.execute(CRM_OUTBOX.delete().where(CRM_OUTBOX.c.tenant == tenant))
 
 
 async def test_inbox_mirror_keeps_the_order(services_env: dict[str, str], erxes: ErxesDouble) -> None:

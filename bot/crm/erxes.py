@@ -93,6 +93,15 @@ def _first_code(errors: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class Message:
+    """A conversation message as the messenger widget reads it back."""
+
+    conversation: str
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class CustomerFields:
     code: str  # our stable key of the channel identity, e.g. "telegram:123"
     name: str | None = None
@@ -204,7 +213,7 @@ class ErxesClient:
 
     async def tag_customer(self, customer_id: str, tag_ids: list[str]) -> None:
         """Set the customer's tags: erxes replaces the whole set, so callers send every tag it must keep."""
-        kind = "contacts:customer" if self.v1 else "core:customer"
+        kind = self._customer_type
         await self.call(
             "mutation($type: String!, $targetIds: [String!]!, $tagIds: [String!]!) "
             "{ tagsTag(type: $type, targetIds: $targetIds, tagIds: $tagIds) }",
@@ -212,7 +221,7 @@ class ErxesClient:
         )
 
     async def find_or_add_tag(self, name: str) -> str:
-        kind = "contacts:customer" if self.v1 else "core:customer"
+        kind = self._customer_type
         data = await self.call(
             "query($type: String, $s: String) { tags(type: $type, searchValue: $s) { _id name } }",
             {"type": kind, "s": name},
@@ -230,10 +239,27 @@ class ErxesClient:
         data = await self.call(
             "mutation($contentType: String!, $contentTypeId: String, $content: String) "
             "{ internalNotesAdd(contentType: $contentType, contentTypeId: $contentTypeId, content: $content) { _id } }",
-            {"contentType": "contacts:customer" if self.v1 else "core:customer", "contentTypeId": customer_id,
-             "content": content},
+            {"contentType": self._customer_type, "contentTypeId": customer_id, "content": content},
         )
         return self._id(data, "internalNotesAdd")
+
+    async def find_note(self, customer_id: str, search: str) -> str | None:
+        """A note on the customer whose text contains ``search`` (our reference): finds a note that a previous
+        attempt made although its answer was lost."""
+        data = await self.call(
+            "query($contentType: String!, $contentTypeId: String) "
+            "{ internalNotes(contentType: $contentType, contentTypeId: $contentTypeId) { _id content } }",
+            {"contentType": self._customer_type, "contentTypeId": customer_id},
+        )
+        for note in data.get("internalNotes") or []:
+            if search in str(note.get("content") or ""):
+                return str(note["_id"])
+        return None
+
+    @property
+    def _customer_type(self) -> str:
+        """What erxes calls a customer in tags and notes."""
+        return "contacts:customer" if self.v1 else "core:customer"
 
     # -- deals -----------------------------------------------------------------------------------------------
 
@@ -299,6 +325,29 @@ class ErxesClient:
         if not inserted.get("_id"):
             raise CrmRejected("erxes: widgetsInsertMessage returned no message")
         return str(inserted["conversationId"]), str(inserted["_id"])
+
+    async def latest_message(self, customer_id: str, conversation_id: str | None) -> Message | None:
+        """The customer's latest message in ``conversation_id``, else in their most recently updated conversation
+        of the integration; None when there is none."""
+        if conversation_id is None:
+            data = await self.call(
+                "query($integrationId: String!, $customerId: String) "
+                "{ widgetsConversations(integrationId: $integrationId, customerId: $customerId) { _id } }",
+                {"integrationId": self.config.inbox_integration_id, "customerId": customer_id},
+            )
+            conversations = data.get("widgetsConversations") or []  # erxes sorts them by updatedAt, newest first
+            if not conversations:
+                return None
+            conversation_id = str(conversations[0]["_id"])
+        data = await self.call(
+            "query($conversationId: String) { widgetsMessages(conversationId: $conversationId) "
+            "{ _id customerId content } }",
+            {"conversationId": conversation_id},
+        )
+        mine = [m for m in data.get("widgetsMessages") or [] if m.get("customerId") == customer_id]  # oldest first
+        if not mine:
+            return None
+        return Message(conversation_id, str(mine[-1]["_id"]), str(mine[-1].get("content") or ""))
 
     @staticmethod
     def _id(data: dict[str, Any], field: str) -> str:
