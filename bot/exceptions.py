@@ -12,8 +12,9 @@ BotError
 ├── DeliveryFailed           a reply could not be sent after every attempt (the drain job retries)
 ├── CrmError                 the CRM (erxes) refused or failed; bot.crm.erxes.map_error is the one mapper
 │   ├── CrmUnavailable       network error, timeout, 5xx: try again later
-│   ├── CrmAuthFailed        bad or expired token (HTTP 401, "Login required"): retried until an operator fixes it
-│   ├── CrmPermissionDenied  the token's user lacks a permission ("Permission required"): retried likewise
+│   ├── CrmAuthFailed        bad, revoked or expired token (HTTP 401, "Login required"): the row is parked at
+│   │                        once (failed) until an operator fixes the token and runs `bookingbot outbox retry`
+│   ├── CrmPermissionDenied  the token's user lacks a permission ("Permission required"): parked likewise
 │   ├── CrmDuplicate         a uniqueness error ("Duplicated phone/code"): the record exists, find it
 │   └── CrmRejected          the request itself is wrong (HTTP 400, other business errors): retrying cannot help
 └── ChannelNotConfigured     a tenant has no account on that channel (a webhook's 404)

@@ -45,6 +45,12 @@ OUTBOX_AGE = Gauge(
     "bookingbot_crm_outbox_oldest_age_seconds", "Age of the oldest undelivered CRM outbox row", ["status"]
 )
 
+OUTBOX_PARKED = Counter(
+    "bookingbot_crm_outbox_parked_total",
+    "CRM outbox rows given up on until `bookingbot outbox retry`, by reason (auth, permission, rejected, attempts)",
+    ["reason"],
+)
+
 
 async def observe_outbox(outbox: Outbox) -> None:
     """Read the CRM outbox's depth and age (SQL, shared by every process) just before a scrape."""

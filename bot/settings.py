@@ -204,7 +204,7 @@ class ErxesConfig(Model):
 
     url: Annotated[str, _matching(r"https?://[^\s/]+(/[^\s]*)?", "use http(s)://host[/path] of the gateway")]
     profile: Literal["v1", "v3"] = "v3"
-    token: str = Field(min_length=1, description="v3: an app token (Bearer); v1: an erxes-app-token JWT")
+    token: str = Field(min_length=1, description="the app token (v3: sk_...; v1: a JWT), sent as erxes-app-token")
     deal_stage_id: str = Field(default="", description="bookings become deals in this stage; empty: notes")
     tag_ids: list[str] = Field(default_factory=list, description="tags put on customers the bot creates")
     inbox_integration_id: str = Field(default="", description="non-empty: mirror the chat into this integration")

@@ -136,10 +136,48 @@ async def test_unreachable_is_unavailable() -> None:
         (200, {"data": {"x": None}, "errors": [{"message": "Stage not found"}]}, CrmRejected),
         (400, {"errors": [{"message": "x", "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}, CrmRejected),
         (401, None, CrmAuthFailed),
+        (401, {"error": "Invalid app token"}, CrmAuthFailed),
         (503, None, CrmUnavailable),
         (200, None, CrmUnavailable),
     ],
 )
 def test_map_error(status: int, body: object, expected: type[Exception]) -> None:
     assert isinstance(map_error(status, body), expected)
+    if isinstance(body, dict) and "error" in body:  # the gateway's reason reaches the operator
+        assert "Invalid app token" in str(map_error(status, body))
     assert map_error(200, {"data": {"x": {"_id": "1"}}}) is None
+
+
+async def test_a_refused_token_is_reported_as_erxes_reports_it(erxes: ErxesDouble) -> None:
+    bad = _client(erxes, token="revoked")
+    with pytest.raises(CrmAuthFailed) as refused:
+        await bad.add_note("cus1", "x")
+    # v3: the gateway's 401 {"error": "Invalid app token"}; v1: the resolver's "Login required"
+    assert ("Invalid app token" if erxes.profile == "v3" else "Login required") in str(refused.value)
+    if erxes.profile == "v1":  # the messenger's widgets are public: a bad token does not stop them
+        config = ErxesConfig(url=erxes.url, profile="v1", token="revoked", inbox_integration_id="integration-1",
+                             brand_code="brand-1")
+        mirror = ErxesClient(config)
+        assert await mirror.messenger_connect("web:9", None, None)
+        await mirror.aclose()
+    await bad.aclose()
+
+
+async def test_notes_and_mirrored_messages_can_be_read_back(erxes: ErxesDouble) -> None:
+    config = ErxesConfig(url=erxes.url, profile=erxes.profile, token=TOKEN, inbox_integration_id="integration-1",
+                         brand_code="brand-1")
+    client = ErxesClient(config)
+    customer = await client.add_customer(CustomerFields(code="web:4", name="Cy"))
+    assert await client.find_note(customer, "[bb:note-1]") is None
+    note = await client.add_note(customer, "call them [bb:note-1]")
+    assert await client.find_note(customer, "[bb:note-1]") == note
+    assert await client.find_note(customer, "[bb:note-2]") is None
+    visitor = await client.messenger_connect("web:4", None, None)
+    assert await client.latest_message(visitor, None) is None
+    conversation, first = await client.insert_message(visitor, None, "hello")
+    latest = await client.latest_message(visitor, None)
+    assert latest is not None and (latest.conversation, latest.id, latest.text) == (conversation, first, "hello")
+    _, second = await client.insert_message(visitor, conversation, "[bot] hi")
+    latest = await client.latest_message(visitor, conversation)
+    assert latest is not None and (latest.id, latest.text) == (second, "[bot] hi")
+    await client.aclose()

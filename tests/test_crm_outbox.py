@@ -8,10 +8,11 @@ duplicates nothing. A rejected row holds its customer's later rows until it is q
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -26,7 +27,7 @@ from bot import metrics
 from bot.booking.base import Booking, BookingKind, BookRequest
 from bot.booking.local import LocalCalendar
 from bot.config import load_config
-from bot.crm.outbox import enqueue
+from bot.crm.outbox import Outbox, enqueue
 from bot.crm.relay import OutboxRelay
 from bot.pipeline import Pipeline
 from bot.runtime import Runtime
@@ -195,6 +196,121 @@ async def test_rejected_row_holds_its_customer_until_retried(services_env: dict[
         await settle(relay)
         [deal] = erxes.deals.values()
         assert deal["startDate"] == datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
+
+
+async def test_a_refused_token_parks_at_once_and_a_fixed_one_resumes_in_order(
+    services_env: dict[str, str], erxes: ErxesDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    parked_before = metrics.OUTBOX_PARKED.labels("auth")._value.get()
+    erxes.token = "rotated"  # staff revoked the bot's app token
+    async with crm_runtime(services_env, erxes) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        chat = Chat(runtime, tenant)
+        with caplog.at_level(logging.INFO, logger="bot.crm.relay"):
+            await chat.say(*BOOK)
+
+            async def parked() -> bool:
+                return await rows(runtime, tenant) == [("customer", "failed", 1), ("booking", "pending", 0)]
+
+            await until(parked)
+            calls = len(erxes.calls)
+            await asyncio.sleep(0.5)  # ten relay polls and backoff delays: nothing is tried again
+            assert len(erxes.calls) == calls
+            await chat.say("can I reschedule?", "Friday", "5pm", "yes")
+            await asyncio.sleep(0.3)  # the reschedule waits behind the parked row, as the booking does
+        assert await rows(runtime, tenant) == [
+            ("customer", "failed", 1), ("booking", "pending", 0), ("reschedule", "pending", 0)]
+        assert metrics.OUTBOX_PARKED.labels("auth")._value.get() == parked_before + 1
+        [report] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert tenant in report.getMessage() and "crm.erxes.token" in report.getMessage()
+        [row, *_] = await runtime.outbox.open_rows(tenant)
+        assert "crm.erxes.token" in (row.last_error or "")  # what `bookingbot outbox` shows
+
+        erxes.token = TOKEN  # the operator puts a valid token in place, then `bookingbot outbox retry`
+        assert await runtime.outbox.retry_failed(tenant) == 1
+        await settle(relay)
+        assert [s for _, s, _ in await rows(runtime, tenant)] == ["done", "done", "done"]
+        [customer] = erxes.customers.values()
+        [deal] = erxes.deals.values()
+        assert deal["customerIds"] == [customer["_id"]]
+        assert deal["startDate"] == datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
+
+
+async def test_a_denied_permission_parks_the_row(services_env: dict[str, str], erxes: ErxesDouble) -> None:
+    parked_before = metrics.OUTBOX_PARKED.labels("permission")._value.get()
+    erxes.deny("dealsAdd")
+    async with crm_runtime(services_env, erxes) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        await Chat(runtime, tenant).say(*BOOK)
+
+        async def parked() -> bool:
+            return await rows(runtime, tenant) == [("customer", "done", 1), ("booking", "failed", 1)]
+
+        await until(parked)
+        assert metrics.OUTBOX_PARKED.labels("permission")._value.get() == parked_before + 1
+        erxes.reset()  # the app's user group gets the permission (and erxes forgets this test's records)
+        assert await runtime.outbox.retry_failed(tenant) == 1
+        await settle(relay)
+        assert len(erxes.deals) == 1
+
+
+async def test_a_lost_note_answer_leaves_one_note(services_env: dict[str, str], erxes: ErxesDouble) -> None:
+    async with crm_runtime(services_env, erxes, deal_stage_id="") as (runtime, tenant):  # bookings become notes
+        relay = runtime.start_relay(**FAST)
+        erxes.lose_next_answers(1, field="internalNotesAdd")
+        await Chat(runtime, tenant).say(*BOOK)
+        await settle(relay)
+        assert await rows(runtime, tenant) == [("customer", "done", 1), ("booking", "done", 2)]
+        [customer] = erxes.customers.values()
+        [note] = erxes.notes
+        assert note["contentTypeId"] == customer["_id"] and note["content"].startswith("Booked via the bot")
+
+
+async def test_a_lost_handoff_answer_leaves_one_note(services_env: dict[str, str], erxes: ErxesDouble) -> None:
+    async with crm_runtime(services_env, erxes) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        erxes.lose_next_answers(1, field="internalNotesAdd")
+        erxes.lose_next_answers(1, field="tagsAdd")
+        chat = Chat(runtime, tenant)
+        assert await chat.say("haircut tomorrow at 5pm, I'm John", "I want to talk to a real person") == "handoff"
+        await settle(relay)
+        [customer] = erxes.customers.values()
+        [tag] = erxes.tags.values()
+        assert customer["tagIds"] == [tag["_id"]]
+        assert [n["contentTypeId"] for n in erxes.notes] == [customer["_id"]]
+
+
+async def test_lost_message_answers_mirror_each_message_once(
+    services_env: dict[str, str], erxes: ErxesDouble
+) -> None:
+    mirror = {"inbox_integration_id": erxes.integration_id, "brand_code": erxes.brand_code}
+    async with crm_runtime(services_env, erxes, **mirror) as (runtime, tenant):
+        relay = runtime.start_relay(**FAST)
+        chat = Chat(runtime, tenant)
+        erxes.lose_next_answers(1, field="widgetsInsertMessage")  # the first: the conversation's id is lost too
+        await chat.say("hi")
+        await settle(relay)
+        erxes.lose_next_answers(1, field="widgetsInsertMessage")  # a later one, in the known conversation
+        await chat.say("hi")  # the same text again is a new message, not the retried one
+        await settle(relay)
+        assert [m["content"] for m in erxes.messages] == await _logged(runtime, tenant, chat.conversation)
+        assert len({m["conversationId"] for m in erxes.messages}) == 1
+        assert sorted(attempts for op, _, attempts in await rows(runtime, tenant) if op == "message")[-3:] == [1, 2, 2]
+
+
+async def test_a_row_whose_relay_died_mid_attempt_counts_as_retried(pg_engine: AsyncEngine) -> None:
+    tenant = f"crm-lease-{uuid4().hex[:10]}"
+    async with pg_engine.begin() as conn:
+        await enqueue(conn, tenant, "web:1", "handoff", {"reason": "requested"})
+    outbox = Outbox(pg_engine, lease=timedelta(seconds=1))
+    now = datetime.now(UTC)
+    [first] = await outbox.claim([tenant], now)
+    assert not first.retried
+    # the relay holding it dies before it records an outcome; once the lease runs out another relay claims it
+    [again] = await outbox.claim([tenant], now + timedelta(seconds=2))
+    assert again.id == first.id and again.attempts == 0 and again.retried
+    async with pg_engine.begin() as conn:
+        await conn.execute(CRM_OUTBOX.delete().where(CRM_OUTBOX.c.tenant == tenant))
 
 
 async def test_inbox_mirror_keeps_the_order(services_env: dict[str, str], erxes: ErxesDouble) -> None:

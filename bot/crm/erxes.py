@@ -1,15 +1,19 @@
 """The erxes GraphQL client: both profiles, one error mapper, and the operations the CRM outbox needs.
 
-Profiles (researched from erxes/erxes, tags 1.17.7 and master/main):
-    ``v1`` erxes 1.x/2.x: header ``erxes-app-token``; ``customers`` is a list (Elasticsearch, eventually
+Profiles (researched from erxes/erxes, tags 1.17.7, 3.0.0-3.0.91 and master/main):
+    ``v1`` erxes 1.x/2.x: a wrong or expired app token (a JWT) is not an HTTP error: the gateway drops it and
+    every resolver behind a login answers "Login required"; ``customers`` is a list (Elasticsearch, eventually
     consistent, so it is only the last resort); ``customerDetail(_id)`` also matches ``code``; tags of type
     ``contacts:customer``; the messenger is reached by ``brandCode``.
-    ``v3`` erxes 3.x: ``Authorization: Bearer``; ``customers`` returns ``{list, pageInfo, totalCount}`` and its
-    ``searchValue`` is a regular expression (we escape it); tags of type ``core:customer``; the messenger is
-    reached by ``integrationId``.
+    ``v3`` erxes 3.x: the app token (``sk_...``, Settings -> Apps) is checked by the gateway: a wrong or revoked
+    one is HTTP 401 ``{"error": "Invalid app token"}`` (no GraphQL body); ``customers`` returns
+    ``{list, pageInfo, totalCount}`` and its ``searchValue`` is a regular expression (we escape it); tags of type
+    ``core:customer``; the messenger is reached by ``integrationId``.
 
-Both: ``POST {url}/gateway/graphql``; business errors are HTTP 200 with ``errors[].message`` and a null field;
-the ``Date`` scalar drops inline string literals, so every date travels as a variable (ISO 8601 text).
+Both: ``POST {url}/gateway/graphql`` with the header ``erxes-app-token`` (3.x reads ``Authorization: Bearer`` as
+a user's login session, not an app token); business errors are HTTP 200 with ``errors[].message`` and a null
+field; ``widgets*`` operations are public (no login); the ``Date`` scalar drops inline string literals, so every
+date travels as a variable (ISO 8601 text).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def map_error(status: int, body: Any) -> CrmError | None:
     ``None``: the answer is a success (its ``data`` may be used).
     """
     errors = body.get("errors") if isinstance(body, dict) else None
-    message = _first_message(errors) or f"HTTP {status}"
+    message = _first_message(errors) or _gateway_message(body) or f"HTTP {status}"
     if status == 401 or status == 403:
         return CrmAuthFailed(f"erxes refused the token: {message}")
     if status == 429 or status >= 500:
@@ -74,12 +78,27 @@ def _first_message(errors: Any) -> str | None:
     return None
 
 
+def _gateway_message(body: Any) -> str | None:
+    """The ``{"error": ...}`` text erxes's gateway answers before GraphQL runs (3.x: "Invalid app token")."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) and error else None
+
+
 def _first_code(errors: Any) -> str | None:
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         extensions = errors[0].get("extensions")
         if isinstance(extensions, dict) and isinstance(extensions.get("code"), str):
             return str(extensions["code"])
     return None
+
+
+@dataclass(frozen=True)
+class Message:
+    """A conversation message as the messenger widget reads it back."""
+
+    conversation: str
+    id: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -119,11 +138,7 @@ class ErxesClient:
     def __init__(self, config: ErxesConfig, *, timeout: float = 10.0) -> None:
         self.config = config
         self.v1 = config.profile == "v1"
-        headers = {"Content-Type": "application/json"}
-        if self.v1:
-            headers["erxes-app-token"] = config.token
-        else:
-            headers["Authorization"] = f"Bearer {config.token}"
+        headers = {"Content-Type": "application/json", "erxes-app-token": config.token}
         self._http = httpx.AsyncClient(
             base_url=config.url.rstrip("/"), headers=headers, timeout=timeout, trust_env=False
         )
@@ -198,7 +213,7 @@ class ErxesClient:
 
     async def tag_customer(self, customer_id: str, tag_ids: list[str]) -> None:
         """Set the customer's tags: erxes replaces the whole set, so callers send every tag it must keep."""
-        kind = "contacts:customer" if self.v1 else "core:customer"
+        kind = self._customer_type
         await self.call(
             "mutation($type: String!, $targetIds: [String!]!, $tagIds: [String!]!) "
             "{ tagsTag(type: $type, targetIds: $targetIds, tagIds: $tagIds) }",
@@ -206,7 +221,7 @@ class ErxesClient:
         )
 
     async def find_or_add_tag(self, name: str) -> str:
-        kind = "contacts:customer" if self.v1 else "core:customer"
+        kind = self._customer_type
         data = await self.call(
             "query($type: String, $s: String) { tags(type: $type, searchValue: $s) { _id name } }",
             {"type": kind, "s": name},
@@ -224,10 +239,27 @@ class ErxesClient:
         data = await self.call(
             "mutation($contentType: String!, $contentTypeId: String, $content: String) "
             "{ internalNotesAdd(contentType: $contentType, contentTypeId: $contentTypeId, content: $content) { _id } }",
-            {"contentType": "contacts:customer" if self.v1 else "core:customer", "contentTypeId": customer_id,
-             "content": content},
+            {"contentType": self._customer_type, "contentTypeId": customer_id, "content": content},
         )
         return self._id(data, "internalNotesAdd")
+
+    async def find_note(self, customer_id: str, search: str) -> str | None:
+        """A note on the customer whose text contains ``search`` (our reference): finds a note that a previous
+        attempt made although its answer was lost."""
+        data = await self.call(
+            "query($contentType: String!, $contentTypeId: String) "
+            "{ internalNotes(contentType: $contentType, contentTypeId: $contentTypeId) { _id content } }",
+            {"contentType": self._customer_type, "contentTypeId": customer_id},
+        )
+        for note in data.get("internalNotes") or []:
+            if search in str(note.get("content") or ""):
+                return str(note["_id"])
+        return None
+
+    @property
+    def _customer_type(self) -> str:
+        """What erxes calls a customer in tags and notes."""
+        return "contacts:customer" if self.v1 else "core:customer"
 
     # -- deals -----------------------------------------------------------------------------------------------
 
@@ -293,6 +325,29 @@ class ErxesClient:
         if not inserted.get("_id"):
             raise CrmRejected("erxes: widgetsInsertMessage returned no message")
         return str(inserted["conversationId"]), str(inserted["_id"])
+
+    async def latest_message(self, customer_id: str, conversation_id: str | None) -> Message | None:
+        """The customer's latest message in ``conversation_id``, else in their most recently updated conversation
+        of the integration; None when there is none."""
+        if conversation_id is None:
+            data = await self.call(
+                "query($integrationId: String!, $customerId: String) "
+                "{ widgetsConversations(integrationId: $integrationId, customerId: $customerId) { _id } }",
+                {"integrationId": self.config.inbox_integration_id, "customerId": customer_id},
+            )
+            conversations = data.get("widgetsConversations") or []  # erxes sorts them by updatedAt, newest first
+            if not conversations:
+                return None
+            conversation_id = str(conversations[0]["_id"])
+        data = await self.call(
+            "query($conversationId: String) { widgetsMessages(conversationId: $conversationId) "
+            "{ _id customerId content } }",
+            {"conversationId": conversation_id},
+        )
+        mine = [m for m in data.get("widgetsMessages") or [] if m.get("customerId") == customer_id]  # oldest first
+        if not mine:
+            return None
+        return Message(conversation_id, str(mine[-1]["_id"]), str(mine[-1].get("content") or ""))
 
     @staticmethod
     def _id(data: dict[str, Any], field: str) -> str:

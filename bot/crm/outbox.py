@@ -71,6 +71,13 @@ class OutboxItem(BaseModel):
     last_error: str | None = None
     result: dict[str, Any] | None = None
     created_at: datetime
+    lease_until: datetime | None = None  # as claimed: set means an earlier claim never finished its attempt
+
+    @property
+    def retried(self) -> bool:
+        """Whether an earlier attempt may have reached erxes, so the work may be there already: it failed (the
+        error outlives ``bookingbot outbox retry``, which resets ``attempts``) or its relay died mid-attempt."""
+        return self.attempts > 0 or self.last_error is not None or self.lease_until is not None
 
     @classmethod
     def from_row(cls, row: Any) -> OutboxItem:

@@ -3,9 +3,12 @@
 It runs in ``bookingbot worker`` processes, and inside the server or ``bookingbot chat`` in embedded mode (no
 worker). Each round leases due stream heads (:meth:`bot.crm.outbox.Outbox.claim`), works on their streams
 concurrently and each stream strictly in order, and sleeps until the next row is due, a poll interval passes or
-:meth:`OutboxRelay.wake` is called. A failed attempt is retried with exponential backoff; a row is given up
-(``failed``, shown by ``bookingbot outbox``) only when erxes rejects the request itself, or after
-``max_attempts`` (about 8 hours of trying with the defaults): an hour-long erxes outage only delays the work.
+:meth:`OutboxRelay.wake` is called. A failed attempt is retried with exponential backoff; an hour-long erxes
+outage only delays the work. A row is parked instead (``failed``, shown by ``bookingbot outbox``, queued again by
+``bookingbot outbox retry``) when retrying cannot help: erxes refuses the token or a permission (configuration
+an operator must fix: one error line per tenant says what), erxes rejects the request itself, or after
+``max_attempts`` (about 8 hours of trying with the defaults). A parked row holds back its customer's later rows,
+so nothing overtakes it and nothing is lost: once it is queued again the stream resumes in order.
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
+from bot import metrics
 from bot.crm.outbox import Outbox, OutboxItem
 from bot.crm.sync import ErxesSync, Known
-from bot.exceptions import CrmError, CrmRejected, StorageError
+from bot.exceptions import CrmAuthFailed, CrmError, CrmPermissionDenied, CrmRejected, StorageError
 from bot.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 Syncs = Callable[[], dict[str, ErxesSync]]  # tenant id -> its erxes, read each round (tenants may be added)
+
+# Failures an operator must fix (the same for every row of the tenant): the reason /metrics counts, and the fix.
+_OPERATOR_FIXES: dict[type[CrmError], tuple[str, str]] = {
+    CrmAuthFailed: ("auth", "erxes refused the token: put a valid app token in crm.erxes.token"),
+    CrmPermissionDenied: ("permission", "erxes denied a permission: give the app's user group that permission"),
+}
 
 
 class OutboxRelay:
@@ -47,6 +57,7 @@ class OutboxRelay:
         self.batch = batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reported: set[str] = set()  # tenants whose operator problem was logged since their last delivery
 
     def start(self) -> None:
         if self._task is None:
@@ -121,14 +132,33 @@ class OutboxRelay:
             await self._failed(item, exc)
             return False
         await self.outbox.complete(item, result)
+        self._reported.discard(item.tenant)
         return True
 
     async def _failed(self, item: OutboxItem, exc: CrmError) -> None:
         error = f"{type(exc).__name__}: {exc}"
+        operator = _OPERATOR_FIXES.get(type(exc))
+        if operator is not None:
+            await self._park(item, error, *operator)
+            return
         if isinstance(exc, CrmRejected) or item.attempts + 1 >= self.max_attempts:
             log.error("crm outbox: giving up on row %s (%s of %s): %s", item.id, item.op, item.tenant, error)
             await self.outbox.fail(item, error)
+            metrics.OUTBOX_PARKED.labels("rejected" if isinstance(exc, CrmRejected) else "attempts").inc()
             return
         delay = self._backoff.delay(item.attempts)
         log.warning("crm outbox: row %s (%s) failed, retry in %.1fs: %s", item.id, item.op, delay, error)
         await self.outbox.postpone(item, error, timedelta(seconds=delay))
+
+    async def _park(self, item: OutboxItem, error: str, reason: str, fix: str) -> None:
+        """Retrying cannot help until an operator acts: fail the row now rather than hammer erxes with it."""
+        await self.outbox.fail(item, f"{error} ({fix}, then `bookingbot outbox retry`)")
+        metrics.OUTBOX_PARKED.labels(reason).inc()
+        if item.tenant in self._reported:  # every stream of the tenant hits it: one error line is enough
+            log.info("crm outbox: row %s (%s of %s) parked: %s", item.id, item.op, item.tenant, error)
+            return
+        self._reported.add(item.tenant)
+        log.error(
+            "crm outbox: tenant %s: %s (%s); its CRM rows are parked, nothing is lost: fix config.yaml, restart, "
+            "then run `bookingbot outbox retry --tenant %s`", item.tenant, fix, error, item.tenant,
+        )

@@ -1,14 +1,23 @@
 """erxes double: a real GraphQL server (graphql-core) at ``POST /gateway/graphql`` with the v1 or v3 profile.
 
-The contract, as read in erxes/erxes (tags 1.17.7, master, main):
-    - v1 (erxes 1.x/2.x): header ``erxes-app-token``; a missing or wrong token is not an HTTP error: every
-      resolver answers ``Login required`` (HTTP 200, ``errors`` + ``data.<field>: null``). ``customers`` is a
-      list; ``customerDetail(_id)`` matches ``_id`` or ``code``; custom fields are ``customFieldsData``; tags of
-      customers have type ``contacts:customer``; ``widgetsMessengerConnect`` takes a ``brandCode``.
-    - v3 (erxes 3.x): ``Authorization: Bearer <app token>``; a wrong token is HTTP 401. ``customers`` returns
+The contract, as read in erxes/erxes (tags 1.17.7, 3.0.0-3.0.91, master, main):
+    - Both: the app token travels in the header ``erxes-app-token``. Without one that the gateway accepts,
+      every resolver behind a login answers ``Login required`` (HTTP 200, ``errors`` + ``data.<field>: null``;
+      ``checkLogin`` in api-utils / erxes-api-shared), while the messenger's ``widgets*`` operations are public
+      and still work. ``Authorization: Bearer`` is a user's login session in 3.x, not an app token: a token
+      sent there authenticates nothing.
+    - v1 (erxes 1.x/2.x): a wrong or expired app token (a JWT) is dropped by the gateway, so it is "Login
+      required" as above. ``customers`` is a list; ``customerDetail(_id)`` matches ``_id`` or ``code``; custom
+      fields are ``customFieldsData``; tags of customers have type ``contacts:customer``;
+      ``widgetsMessengerConnect`` takes a ``brandCode``.
+    - v3 (erxes 3.x): the gateway looks the app token up (``Apps.findOne({token, status: 'active'})``): a wrong
+      or revoked one is HTTP 401 ``{"error": "Invalid app token"}``, before GraphQL. ``customers`` returns
       ``{list, pageInfo, totalCount}`` and its ``searchValue`` is a regular expression (an unescaped ``+``
       is an error, as in MongoDB); custom fields are ``propertiesData``; tag type ``core:customer``;
       ``widgetsMessengerConnect`` takes an ``integrationId``.
+    - Both: ``internalNotes(contentType, contentTypeId)`` lists a record's notes, oldest first;
+      ``widgetsConversations(integrationId, customerId)`` lists a customer's conversations, last updated first;
+      ``widgetsMessages(conversationId)`` lists a conversation's messages, oldest first.
     - Both: business errors are HTTP 200 with ``errors[].message`` ("Duplicated phone", "Duplicated code",
       "Duplicated email", "Permission required") and the field null; a query that does not parse or validate
       is HTTP 400 with ``extensions.code`` ``GRAPHQL_PARSE_FAILED`` / ``GRAPHQL_VALIDATION_FAILED``. The
@@ -17,14 +26,16 @@ The contract, as read in erxes/erxes (tags 1.17.7, master, main):
 
 Test controls: ``fail_next(n, status=...)`` answers the next calls with that HTTP status; ``outage = True``
 answers every call 503 (the gateway up, erxes behind it down) until set back; ``lose_next_answers(n)`` runs the
-next n mutations but answers 504 (the work done, the answer lost); ``deny(field)`` makes a field answer
-"Permission required". Run standalone: ``python -m tests.doubles.erxes --profile v3 --token T --port 3300``.
+next n mutations (of ``field`` only, if given) but answers 504 (the work done, the answer lost); ``deny(field)``
+makes a field answer "Permission required"; setting ``token`` revokes the app token the bot has.
+Run standalone: ``python -m tests.doubles.erxes --profile v3 --token T --port 3300``.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -74,11 +85,15 @@ def _sdl(profile: Profile) -> str:
     type InternalNote {{ _id: String! contentType: String! contentTypeId: String content: String }}
     type MessengerConnectResponse {{ integrationId: String customerId: String visitorId: String }}
     type ConversationMessage {{ _id: String! conversationId: String content: String customerId: String }}
+    type Conversation {{ _id: String! content: String integrationId: String customerId: String }}
     type Query {{
       customerDetail(_id: String!): Customer
       customers(searchValue: String, page: Int, perPage: Int, ids: [String]): {customers}
       deals(stageId: String, search: String, customerIds: [String]): [Deal]
       tags(type: String, searchValue: String): [Tag]
+      internalNotes(contentType: String!, contentTypeId: String): [InternalNote]
+      widgetsConversations(integrationId: String!, customerId: String, visitorId: String): [Conversation]
+      widgetsMessages(conversationId: String): [ConversationMessage]
     }}
     type Mutation {{
       customersAdd({_CUSTOMER_FIELDS}, {custom}): Customer
@@ -153,8 +168,9 @@ class ErxesDouble(Double):
         self.tags: dict[str, dict[str, Any]] = {}
         self.notes: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []  # widgetsInsertMessage, in order
+        self.conversations: dict[str, dict[str, Any]] = {}  # in order of their last message (oldest first)
         self.outage = False
-        self._lose = 0
+        self._lose: Counter[str | None] = Counter()  # mutation field (None: any) -> answers still to lose
         self._denied: set[str] = set()
         self._ids = itertools.count(1)
         self._schema = _schema(profile)
@@ -163,6 +179,9 @@ class ErxesDouble(Double):
             "customers": self._customers,
             "deals": self._deals,
             "tags": self._tags,
+            "internalNotes": self._notes,
+            "widgetsConversations": self._widgets_conversations,
+            "widgetsMessages": self._widgets_messages,
             "customersAdd": self._customers_add,
             "customersEdit": self._customers_edit,
             "dealsAdd": self._deals_add,
@@ -177,9 +196,10 @@ class ErxesDouble(Double):
 
     # -- controls ----------------------------------------------------------------------------------------------
 
-    def lose_next_answers(self, n: int = 1) -> None:
-        """Run the next ``n`` mutations but answer 504, as a gateway whose upstream timed out after the work."""
-        self._lose += n
+    def lose_next_answers(self, n: int = 1, *, field: str | None = None) -> None:
+        """Run the next ``n`` mutations (of ``field`` only, if given) but answer 504, as a gateway whose upstream
+        timed out after the work."""
+        self._lose[field] += n
 
     def deny(self, field: str) -> None:
         self._denied.add(field)
@@ -191,8 +211,9 @@ class ErxesDouble(Double):
         self.tags.clear()
         self.notes.clear()
         self.messages.clear()
+        self.conversations.clear()
         self.outage = False
-        self._lose = 0
+        self._lose.clear()
         self._denied.clear()
 
     # -- HTTP ----------------------------------------------------------------------------------------------------
@@ -209,18 +230,16 @@ class ErxesDouble(Double):
         if status:
             call.status = status
             return web.Response(status=status, text=f"{status} from the erxes double")
-        if self.profile == "v3" and request.headers.get("Authorization") != f"Bearer {self.token}":
+        app_token = request.headers.get("erxes-app-token")
+        if self.profile == "v3" and app_token and app_token != self.token:
             call.status = 401
-            return web.json_response({"errors": [{"message": "Invalid token"}]}, status=401)
+            return web.json_response({"error": "Invalid app token"}, status=401)
         if not isinstance(body, dict) or not isinstance(body.get("query"), str):
             call.status = 400
             return _errors(400, "POST body must be JSON with a query", "BAD_REQUEST")
-        answer = self._run(body["query"], body.get("variables") or {}, self._logged_in(request))
+        answer = self._run(body["query"], body.get("variables") or {}, app_token == self.token)
         call.status = answer.status
         return answer
-
-    def _logged_in(self, request: web.Request) -> bool:
-        return self.profile == "v3" or request.headers.get("erxes-app-token") == self.token
 
     def _run(self, query: str, variables: dict[str, Any], logged_in: bool) -> web.Response:
         try:
@@ -230,7 +249,12 @@ class ErxesDouble(Double):
         problems = validate(self._schema, document)
         if problems:
             return _errors(400, problems[0].message, "GRAPHQL_VALIDATION_FAILED")
-        is_mutation = any(getattr(d, "operation", None) is OperationType.MUTATION for d in document.definitions)
+        mutations = [
+            field.name.value
+            for d in document.definitions
+            if getattr(d, "operation", None) is OperationType.MUTATION
+            for field in d.selection_set.selections  # type: ignore[attr-defined]
+        ]
         result = execute(
             self._schema, document, variable_values=variables, field_resolver=self._field(logged_in)
         )
@@ -241,17 +265,23 @@ class ErxesDouble(Double):
                 {"message": e.message, "path": e.path, "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
                 for e in result.errors  # type: ignore[union-attr]
             ]
-        if is_mutation and self._lose > 0:
-            self._lose -= 1
+        if mutations and self._take_lost(mutations):
             return web.Response(status=504, text="504 Gateway Time-out")
         return web.json_response(body)
+
+    def _take_lost(self, mutations: list[str]) -> bool:
+        for key in (*mutations, None):
+            if self._lose[key] > 0:
+                self._lose[key] -= 1
+                return True
+        return False
 
     def _field(self, logged_in: bool) -> Callable[..., Any]:
         def resolve(source: Any, info: Any, **args: Any) -> Any:
             if source is not None:  # a field of an object we returned
                 return source.get(info.field_name) if isinstance(source, dict) else None
             name = info.field_name
-            if not logged_in:
+            if not logged_in and not name.startswith("widgets"):  # the messenger's API is public
                 raise GraphQLError("Login required")
             if name in self._denied:
                 raise GraphQLError("Permission required")
@@ -359,6 +389,9 @@ class ErxesDouble(Double):
         self.notes.append(note)
         return note
 
+    def _notes(self, contentType: str, contentTypeId: str | None = None) -> list[dict[str, Any]]:
+        return [n for n in self.notes if n["contentType"] == contentType and n["contentTypeId"] == contentTypeId]
+
     # -- messenger -----------------------------------------------------------------------------------------------
 
     def _messenger_connect(self, code: str | None = None, phone: str | None = None, email: str | None = None,
@@ -380,7 +413,18 @@ class ErxesDouble(Double):
         entry = {"_id": f"msg{next(self._ids)}", "conversationId": conversation, "content": message,
                  "customerId": customerId}
         self.messages.append(entry)
+        self.conversations.pop(conversation, None)  # moved to the end: updated last
+        self.conversations[conversation] = {"_id": conversation, "content": message, "integrationId": integrationId,
+                                            "customerId": customerId}
         return entry
+
+    def _widgets_conversations(self, integrationId: str, customerId: str | None = None,
+                               visitorId: str | None = None) -> list[dict[str, Any]]:
+        found = [c for c in self.conversations.values() if c["integrationId"] == integrationId]
+        return [c for c in reversed(found) if c["customerId"] == customerId]
+
+    def _widgets_messages(self, conversationId: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["conversationId"] == conversationId]
 
 
 def _searchable(customer: dict[str, Any]) -> list[str]:
