@@ -12,6 +12,7 @@ import asyncio
 import copy
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,48 @@ async def test_poll_telegram_from_a_fresh_directory(tmp_path: Path) -> None:
         assert code == 128 + signal.SIGTERM, stderr
         assert "Traceback" not in stderr, stderr
         assert not list((tmp_path / "var").glob("redis.db.settings")), "the embedded Redis was left running"
+
+
+async def test_the_readme_console_customer_books_through_a_polling_bot(tmp_path: Path) -> None:
+    """The README's offline path: the Telegram double as a customer console in one process, ``bookingbot poll``
+    in another; typed lines are the customer's messages and a number presses a button."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    console = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.doubles.telegram_console", "--token", A.tg_token, "--port", str(port),
+        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert console.stdin is not None and console.stdout is not None and console.stderr is not None
+    channels = {"telegram": {"token": A.tg_token, "webhook_secret": "s", "api_base": f"http://127.0.0.1:{port}"}}
+    _config_with(tmp_path / "config.yaml", channels)
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "BOOKINGBOT_CONFIG")}
+    poll_proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "poll", "--tenant", "demo", cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(ROOT), "BOOKINGBOT_DATA_DIR": str(tmp_path / "var")},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        await _read_until(console.stdout, "Telegram double on", seen)
+        console.stdin.write(b"hi\n")
+        await _read_until(console.stdout, "Which service", seen)
+        buttons = seen[-1] if "[1]" in seen[-1] else await _next_line(console.stdout, seen)
+        assert "[1] Haircut" in buttons, seen
+        console.stdin.write(b"1\n")  # presses "Haircut"
+        await _read_until(console.stdout, "Which day", seen)
+        console.stdin.close()  # Ctrl-D
+        assert await asyncio.wait_for(console.wait(), DEADLINE) == 0, (await console.stderr.read()).decode()
+    finally:
+        for proc in (console, poll_proc):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), DEADLINE)
+
+
+async def _next_line(stream: asyncio.StreamReader, seen: list[str]) -> str:
+    seen.append((await asyncio.wait_for(stream.readline(), DEADLINE)).decode())
+    return seen[-1]
 
 
 async def test_poll_vk_long_poll_survives_an_expired_key(services_env: dict[str, str]) -> None:

@@ -55,8 +55,11 @@ class TelegramDouble(Double):
         self.keyboards: dict[tuple[str, int], Any] = {}  # (chat, message_id) -> current reply_markup
         self._ids = itertools.count(1)
         self.pending: dict[str, list[dict[str, Any]]] = {}  # token -> updates not yet confirmed
-        self._update_ids = itertools.count(1)
+        # Ids grow with the clock (tenths of a second since 2026), as a restarted Telegram's would keep growing:
+        # a bot polling with an offset from before a restart of the double would drop ids counted from 1.
+        self._update_ids = itertools.count(int(time.time() * 10) - 17_672_256_000)
         self._arrived = asyncio.Event()
+        self._stopping = False
         self._methods: dict[str, Callable[[str, dict[str, Any]], Any]] = {
             "getme": self._get_me,
             "sendmessage": self._send_message,
@@ -82,6 +85,12 @@ class TelegramDouble(Double):
         self.pending.setdefault(token, []).append(queued)
         self._arrived.set()
         return int(queued["update_id"])
+
+    async def stop(self) -> None:
+        self._stopping = True  # answer waiting getUpdates calls now: the server waits for open requests to end
+        self._arrived.set()
+        await super().stop()
+        self._stopping = False
 
     def block(self, chat_id: int | str) -> None:
         self.blocked.add(str(chat_id))
@@ -221,7 +230,7 @@ class TelegramDouble(Double):
             queue[:] = [u for u in queue if u["update_id"] >= offset]  # an offset confirms everything before it
             ready = [u for u in queue if not allowed or any(kind in u for kind in allowed)]
             left = deadline - asyncio.get_running_loop().time()
-            if ready or left <= 0:
+            if ready or left <= 0 or self._stopping:
                 return ready[:limit]
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
