@@ -41,7 +41,7 @@ from aiogram.methods import (
     TelegramMethod,
 )
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from channels.base import (
     ChannelName,
@@ -76,30 +76,24 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 UPDATES = ["message", "callback_query"]  # what set_webhook subscribes to
 
 
-class _Seen(BaseModel):
-    """The fields of an update we read; the rest is ignored (not validated), as Telegram adds fields over time."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-
-class _User(_Seen):
+class _User(BaseModel):
     id: Int64
 
 
-class _Chat(_Seen):
+class _Chat(BaseModel):
     id: Int64
 
 
-class _Voice(_Seen):
+class _Voice(BaseModel):
     file_id: str
     mime_type: str | None = None
 
 
-class _Contact(_Seen):
+class _Contact(BaseModel):
     phone_number: str
 
 
-class _Message(_Seen):
+class _Message(BaseModel):
     message_id: Int64
     date: Int64  # Unix time; 0 in an inaccessible message
     chat: _Chat
@@ -109,14 +103,16 @@ class _Message(_Seen):
     contact: _Contact | None = None
 
 
-class _CallbackQuery(_Seen):
+class _CallbackQuery(BaseModel):
     id: str
     from_user: _User = Field(alias="from")
     message: _Message | None = None
     data: str | None = None
 
 
-class _Update(_Seen):
+class _Update(BaseModel):
+    """The fields of an update we read; the rest is ignored (not validated), as Telegram adds fields over time."""
+
     update_id: Int64
     message: _Message | None = None
     callback_query: _CallbackQuery | None = None
