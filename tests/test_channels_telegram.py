@@ -108,6 +108,27 @@ def test_parse_rejects_what_telegram_never_sends(channel: TelegramChannel, body:
         channel.parse("demo", body)
 
 
+def test_fields_we_do_not_read_are_not_validated(channel: TelegramChannel) -> None:
+    """A field Telegram adds or reshapes that we never read must not turn a customer's message into a 400."""
+    update = json.loads(fixture("text"))
+    update["message"]["entities"] = "a shape no Bot API version has"
+    update["message"]["new_field_of_2027"] = {"x": 1}
+    [msg] = channel.parse("demo", json.dumps(update).encode()).messages
+    assert msg.text == "Hi, can I get a haircut tomorrow?"
+
+
+@pytest.mark.parametrize("path", [("update_id",), ("message", "chat", "id"), ("message", "from", "id")])
+def test_ids_outside_64_bits_are_refused(channel: TelegramChannel, path: tuple[str, ...]) -> None:
+    update = json.loads(fixture("text"))
+    *parents, last = path
+    target = update
+    for key in parents:
+        target = target[key]
+    target[last] = 2**64
+    with pytest.raises(BadPayload):
+        channel.parse("demo", json.dumps(update).encode())
+
+
 # --- send ----------------------------------------------------------------------------------------------
 
 
