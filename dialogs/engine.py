@@ -99,7 +99,7 @@ class Engine(IntentFlow):
     def _intents(self, pressed: str | None, text: str) -> list[str]:
         """The intents the message names, in priority order (a button names at most one)."""
         if pressed is None:
-            return self.template.intent_matcher.all(text) if text else []
+            return self.intent_matcher.all(text) if text else []
         name = pressed.removeprefix("intent:")
         return [name] if name in INTENTS and (name != pressed or name in ("yes", "no")) else []
 

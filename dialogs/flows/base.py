@@ -91,6 +91,8 @@ class FlowBase:
         if problems:
             raise TemplateError([Problem(f"tenant {profile.id}", 0, message) for message in problems])
         self.template = template
+        self.machine = template.machine  # read on every turn: a pydantic private attribute is a slow lookup
+        self.intent_matcher = template.intent_matcher
         self.profile = profile
         self.max_attempts = max_attempts
         self.slot_fallback = slot_fallback  # asked only when the rules found neither a slot nor an intent
@@ -160,7 +162,7 @@ class FlowBase:
 
     def _go(self, turn: Turn, trigger: str) -> None:
         s = turn.session
-        s.state = self.template.machine.dest(s.state, trigger)  # raises IllegalTransition
+        s.state = self.machine.dest(s.state, trigger)  # raises IllegalTransition
         s.flow = self.template.states[s.state].flow
 
     @staticmethod

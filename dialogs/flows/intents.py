@@ -117,7 +117,7 @@ class IntentFlow(HandoffFlow):
             self._say(turn, self._reply("greeting", self._facts(turn)))
             await self._fill(turn, {})
         else:
-            if self.template.machine.allows(turn.session.state, "help"):
+            if self.machine.allows(turn.session.state, "help"):
                 self._go(turn, "help")
             self._say(turn, self._reply("help", self._facts(turn), self._menu))
 
