@@ -12,7 +12,6 @@ import asyncio
 import copy
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -102,28 +101,27 @@ async def test_poll_telegram_from_a_fresh_directory(tmp_path: Path) -> None:
         assert not list((tmp_path / "var").glob("redis.db.settings")), "the embedded Redis was left running"
 
 
-async def test_the_readme_console_customer_books_through_a_polling_bot(tmp_path: Path) -> None:
+async def test_the_readme_console_customer_talks_to_a_polling_bot(tmp_path: Path) -> None:
     """The README's offline path: the Telegram double as a customer console in one process, ``bookingbot poll``
     in another; typed lines are the customer's messages and a number presses a button."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     console = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.doubles.telegram_console", "--token", A.tg_token, "--port", str(port),
+        sys.executable, "-m", "tests.doubles.telegram_console", "--token", A.tg_token, "--port", "0",
         cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert console.stdin is not None and console.stdout is not None and console.stderr is not None
-    channels = {"telegram": {"token": A.tg_token, "webhook_secret": "s", "api_base": f"http://127.0.0.1:{port}"}}
-    _config_with(tmp_path / "config.yaml", channels)
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "BOOKINGBOT_CONFIG")}
-    poll_proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "poll", "--tenant", "demo", cwd=tmp_path,
-        env=env | {"PYTHONPATH": str(ROOT), "BOOKINGBOT_DATA_DIR": str(tmp_path / "var")},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
     seen: list[str] = []
+    poll_proc: asyncio.subprocess.Process | None = None
     try:
         await _read_until(console.stdout, "Telegram double on", seen)
+        url = seen[-1].split()[3].rstrip(":")  # "Telegram double on http://127.0.0.1:PORT: set ..."
+        channels = {"telegram": {"token": A.tg_token, "webhook_secret": "s", "api_base": url}}
+        _config_with(tmp_path / "config.yaml", channels)
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "BOOKINGBOT_CONFIG")}
+        poll_proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "poll", "--tenant", "demo", cwd=tmp_path,
+            env=env | {"PYTHONPATH": str(ROOT), "BOOKINGBOT_DATA_DIR": str(tmp_path / "var")},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
         console.stdin.write(b"hi\n")
         await _read_until(console.stdout, "Which service", seen)
         buttons = seen[-1] if "[1]" in seen[-1] else await _next_line(console.stdout, seen)
@@ -134,9 +132,11 @@ async def test_the_readme_console_customer_books_through_a_polling_bot(tmp_path:
         assert await asyncio.wait_for(console.wait(), DEADLINE) == 0, (await console.stderr.read()).decode()
     finally:
         for proc in (console, poll_proc):
-            if proc.returncode is None:
+            if proc is not None and proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.wait(), DEADLINE)
+    assert poll_proc is not None and poll_proc.stderr is not None
+    assert "Traceback" not in (await poll_proc.stderr.read()).decode()
 
 
 async def _next_line(stream: asyncio.StreamReader, seen: list[str]) -> str:
