@@ -56,7 +56,7 @@ from bot.web.bodydeadline import BODY_TIMEOUT_S, BodyDeadline, BodyTimeout
 from bot.web.webchat import MAX_WAIT_S
 from bot.worker import Services, freeze_startup_objects
 from channels import web
-from channels.base import Channel
+from channels.base import Channel, InboundMessage
 from channels.exceptions import BadPayload, BadSignature
 from channels.whatsapp import WhatsAppChannel
 
@@ -170,6 +170,12 @@ def _refusal(exc: _Refused) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status)
 
 
+def _storage_down(what: str, exc: RedisError) -> Response:
+    """Redis failed under a request: the client retries later (providers redeliver, the chat page polls again)."""
+    log.error("%s, Redis failed: %s", what, exc)
+    return _refusal(_Refused(503, "storage unavailable, retry later"))
+
+
 async def _body_timeout(_request: Request, exc: Exception) -> Response:
     return _refusal(_Refused(408, str(exc)))
 
@@ -249,8 +255,7 @@ def _webhook_routes(app: FastAPI, state: _State) -> None:
             except _Refused as exc:
                 response = _refusal(exc)
             except RedisError as exc:
-                log.error("webhook %s not accepted, Redis failed: %s", channel, exc)
-                response = _refusal(_Refused(503, "storage unavailable, retry later"))
+                response = _storage_down(f"webhook {channel} not accepted", exc)
             metrics.WEBHOOKS.labels(channel, str(response.status_code)).inc()
             metrics.ACK_SECONDS.labels(channel).observe(time.perf_counter() - started)
             return response
@@ -291,8 +296,8 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
         cfg = services.runtime.settings.tenants[tenant]
         try:
             user_id, token = await services.webchat.identity(tenant)
-        except RedisError:
-            return _refusal(_Refused(503, "storage unavailable, retry later"))
+        except RedisError as exc:
+            return _storage_down("web chat page not served", exc)
         fills = {"name": cfg.name, "tenant": tenant, "locale": cfg.locale, "user_id": user_id, "token": token}
         return HTMLResponse(_chat_page(fills), headers={"Cache-Control": "no-store"})
 
@@ -306,15 +311,11 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
                 raise _Refused(400, str(exc)) from None
             msg = parsed.messages[0]
             await _authorize(services, request, tenant, msg.user_id)
-            outcome = await services.ingest.accept(msg)
+            return await _web_accepted(services, msg)
         except _Refused as exc:
             return _refusal(exc)
         except RedisError as exc:
-            log.error("web chat message not accepted, Redis failed: %s", exc)
-            return _refusal(_Refused(503, "storage unavailable, retry later"))
-        metrics.INGESTED.labels("web", outcome.name.lower()).inc()
-        body = {"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}
-        return JSONResponse(body, status_code=202)
+            return _storage_down("web chat message not accepted", exc)
 
     @app.post("/chat/{tenant}/voice")
     async def post_voice(tenant: str, request: Request) -> Response:
@@ -328,15 +329,11 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
                 raise _Refused(400, "empty body: send the recorded audio file")
             media_id = await services.webchat.keep_media(tenant, audio)
             msg = web.voice_message(tenant, user_id, event_id, media_id, mime)
-            outcome = await services.ingest.accept(msg)
+            return await _web_accepted(services, msg)
         except _Refused as exc:
             return _refusal(exc)
         except RedisError as exc:
-            log.error("web chat voice note not accepted, Redis failed: %s", exc)
-            return _refusal(_Refused(503, "storage unavailable, retry later"))
-        metrics.INGESTED.labels("web", outcome.name.lower()).inc()
-        body = {"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}
-        return JSONResponse(body, status_code=202)
+            return _storage_down("web chat voice note not accepted", exc)
 
     @app.get("/chat/{tenant}/messages")
     async def get_messages(tenant: str, request: Request) -> Response:
@@ -348,10 +345,16 @@ def _chat_routes(app: FastAPI, state: _State) -> None:
         except _Refused as exc:
             return _refusal(exc)
         except RedisError as exc:
-            log.error("web chat poll failed, Redis failed: %s", exc)
-            return _refusal(_Refused(503, "storage unavailable, retry later"))
+            return _storage_down("web chat poll failed", exc)
         last = replies[-1].index if replies else after
         return JSONResponse({"replies": [r.model_dump() for r in replies], "last": last})
+
+
+async def _web_accepted(services: Services, msg: InboundMessage) -> Response:
+    """Ingest a web chat message (typed or a voice note): 202, and whether it was one the server already had."""
+    outcome = await services.ingest.accept(msg)
+    metrics.INGESTED.labels("web", outcome.name.lower()).inc()
+    return JSONResponse({"event_id": msg.event_id, "duplicate": outcome is Accepted.DUPLICATE}, status_code=202)
 
 
 async def _unless_stopping(state: _State, waiting: Coroutine[Any, Any, list[T]]) -> list[T]:
