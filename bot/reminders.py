@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,7 +36,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from bot import keys
-from bot.booking.base import Booking, BookingBackend, BookRequest
+from bot.booking.base import Booking, BookingBackend, BookRequest, Clock
 from bot.exceptions import ChannelNotConfigured
 from bot.ingest import dumps_job
 from bot.tables import MESSAGES
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 REMIND_JOB = "remind"  # the arq function name (bot.worker registers it)
 CLAIM_LEASE_S = 300  # a claimed reminder comes back after this if its sender died
 WHATSAPP_WINDOW = timedelta(hours=24)
-Clock = Callable[[], datetime]
 
 # KEYS: 1 arq job key, 2 arq queue, 3 reminders set; ARGV: 1 job body, 2 ttl ms, 3 due ms, 4 job id, 5 member.
 # An existing job key means the reminder is scheduled already: nothing is added twice.

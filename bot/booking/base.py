@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dialogs.ports import BookingView
 
+Clock = Callable[[], datetime]  # "now", aware; tests freeze it
+
 
 class BookRequest(BaseModel):
     model_config = ConfigDict(frozen=True)

@@ -49,13 +49,12 @@ import httpx
 from sqlalchemy import ColumnElement, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest
+from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest, Clock
 from bot.booking.records import BookingRecords
 from bot.exceptions import BackendUnavailable, BookingError, BookingNotFound, RateLimited, SlotTaken
 from bot.retry import Backoff
 from bot.settings import WEEKDAYS, CalcomConfig
 from bot.tables import BOOKINGS
-from dialogs.ports import BookingView
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ _NOT_EMAIL = re.compile(r"[^A-Za-z0-9._-]+")
 CANCEL_REASON = "Cancelled by the customer in the chat"
 RESCHEDULE_REASON = "Moved by the customer in the chat"
 
-Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -299,20 +297,6 @@ class CalcomCalendar(BookingRecords):
 
     async def is_open(self, day: date) -> bool:
         return day.weekday() in self._open_days
-
-    async def customer_bookings(self, customer: str) -> list[BookingView]:
-        bookings = await self._active(BOOKINGS.c.customer == customer)
-        if self.clock is not None:
-            now = self.clock()
-            bookings = [b for b in bookings if b.start + timedelta(minutes=b.minutes) > now]
-        return [b.view() for b in bookings]
-
-    async def active_bookings(self) -> list[Booking]:
-        return await self._active()
-
-    async def by_id(self, booking_id: str) -> Booking | None:
-        async with self.engine.connect() as conn:
-            return await self._find(conn, BOOKINGS.c.id == booking_id)
 
     # -- write side ------------------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ import functools
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from time import monotonic as time_monotonic
@@ -51,20 +51,18 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest
+from bot.booking.base import Booking, BookingKind, BookingWritten, BookRequest, Clock
 from bot.booking.records import BookingRecords
 from bot.db import dialect_insert
 from bot.exceptions import BookingError, BookingNotFound, SlotTaken, StorageError
 from bot.settings import WEEKDAYS
 from bot.tables import BOOKINGS, CELLS, GRIDS
-from dialogs.ports import BookingView
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MINUTE = timedelta(minutes=1)
 _BLOCK = "block:"
 _RANGE = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
 
-Clock = Callable[[], datetime]
 _CACHE_PRUNE_AT = 256  # free-slot answers held before the expired ones are swept
 
 
@@ -190,20 +188,6 @@ class LocalCalendar(BookingRecords):
 
     async def is_open(self, day: date) -> bool:
         return bool(self._hours.get(day.weekday()))
-
-    async def customer_bookings(self, customer: str) -> list[BookingView]:
-        bookings = await self._active(BOOKINGS.c.customer == customer)
-        if self.clock is not None:
-            now = self.clock()
-            bookings = [b for b in bookings if b.start + timedelta(minutes=b.minutes) > now]
-        return [b.view() for b in bookings]
-
-    async def active_bookings(self) -> list[Booking]:
-        return await self._active()
-
-    async def by_id(self, booking_id: str) -> Booking | None:
-        async with self.engine.connect() as conn:
-            return await self._find(conn, BOOKINGS.c.id == booking_id)
 
     async def aclose(self) -> None:
         """Nothing held open: the engine belongs to the runtime."""
