@@ -290,4 +290,9 @@ async def listing(settings: Settings, tenant_id: str) -> int:
 async def remind(ctx: dict[str, Any], tenant: str, key: str) -> None:
     """The arq job: fire one reminder at its time (scheduled by :meth:`Reminders.schedule`)."""
     services = ctx["services"]
-    await fire(services.runtime, services.drainer.sender, Reminder.parse(tenant, key), datetime.now(UTC))
+    reminder = Reminder.parse(tenant, key)
+    if tenant not in services.runtime.tenants:  # removed from the config since the booking: nobody sends for it
+        log.warning("%s: reminder %s dropped: the tenant is no longer configured", tenant, key)
+        await services.runtime.reminders.done(reminder)
+        return
+    await fire(services.runtime, services.drainer.sender, reminder, datetime.now(UTC))

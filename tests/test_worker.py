@@ -9,6 +9,7 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -20,10 +21,12 @@ from conftest import REDIS_URL
 from redis.asyncio import Redis
 
 from bot import keys
+from bot.booking.base import Booking
 from bot.exceptions import DeliveryFailed
 from bot.inbox import Inbox
 from bot.ingest import DRAIN_JOB, Accepted, ArqQueue, Ingest, InProcess, Markers, Release, dumps_job, loads_job
 from bot.ops.deadletters import dead_letters, retry
+from bot.reminders import Reminders
 from bot.retry import Backoff
 from bot.sender import Limit, RateLimiter, Sender, limits_for
 from bot.worker import Drainer, make_worker
@@ -377,6 +380,23 @@ async def test_real_arq_worker_processes_queued_drain_jobs(s: Stack, queue: str)
         assert await redis.get(keys.scheduled(s.a, f"telegram:{user}")) is None
         assert await redis.llen(keys.inbox(s.a, f"telegram:{user}")) == 0  # type: ignore[misc]
     assert await redis.zcard(queue) == 0
+
+
+async def test_a_reminder_of_a_tenant_no_longer_configured_is_dropped(s: Stack, queue: str) -> None:
+    """A tenant removed from the config leaves its reminder jobs queued: they end quietly, not as failures."""
+    reminders = Reminders(s.services.runtime.redis)
+    reminders.use_arq(queue)
+    now, gone = datetime.now(UTC), f"gone~{uuid4().hex[:8]}"
+    booking = Booking(id="b1", tenant=gone, key="k", customer="telegram:1", service="haircut",
+                      start=now + timedelta(minutes=30), minutes=60, name="John", phone="+447700900123")  # fmt: skip
+    assert len(await reminders.schedule(booking, [60], now - timedelta(hours=1))) == 1  # due half an hour ago
+    worker = make_worker(s.settings, queue_name=queue, burst=True, handle_signals=False, poll_delay=0.01)
+    try:
+        await asyncio.wait_for(worker.async_run(), 30)
+    finally:
+        await worker.close()
+    assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (1, 0, 0)
+    assert await reminders.scheduled(gone) == []
 
 
 async def test_failed_send_is_retried_without_rerunning_the_dialog(s: Stack, queue: str) -> None:
