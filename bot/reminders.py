@@ -125,9 +125,11 @@ class Reminders:
                 await self.redis.zadd(keys.reminders(reminder.tenant), {reminder.key: due_ms / 1000})
         return reminders
 
-    async def drop(self, tenant: str, booking_id: str) -> int:
-        """Forget a booking's reminders (an arq job already queued finds them stale when it runs)."""
-        found = [m async for m, _ in self.redis.zscan_iter(keys.reminders(tenant), match=f"{booking_id}|*")]
+    async def drop(self, tenant: str, booking_id: str | None = None) -> int:
+        """Forget a booking's reminders, or all of the tenant's (``booking_id`` None: the tenant is dropped), with
+        their arq jobs."""
+        match = None if booking_id is None else f"{booking_id}|*"
+        found = [m async for m, _ in self.redis.zscan_iter(keys.reminders(tenant), match=match)]
         if not found:
             return 0
         jobs = [Reminder.parse(tenant, m).job_id for m in found]

@@ -222,6 +222,7 @@ class Runtime:
         async with self.db.begin() as conn:
             for table in tables.TENANT_TABLES:
                 await conn.execute(delete(table).where(table.c.tenant == tenant_id))
+        await self.reminders.drop(tenant_id)  # their arq jobs live under arq's keys, not the tenant's
         async for key in self.redis.scan_iter(match=keys.tenant_pattern(tenant_id), count=500):
             await self.redis.delete(key)
 

@@ -43,6 +43,18 @@ async def test_arq_jobs_are_deferred_keyed_and_dropped(redis: Redis, tenant: str
     assert not await redis.exists(*(keys.job(r.job_id) for r in made + moved))
 
 
+async def test_dropping_a_tenant_drops_all_its_reminder_jobs(redis: Redis, tenant: str) -> None:
+    reminders = Reminders(redis)
+    queue = keys.scratch(tenant, "queue")
+    reminders.use_arq(queue)
+    start = NOW + timedelta(days=2)
+    made = [r for b in ("b1", "b2") for r in await reminders.schedule(booking(tenant, start, b), [60], NOW)]
+    assert len(made) == 2 and await redis.zcard(queue) == 2
+    assert await reminders.drop(tenant) == 2
+    assert await redis.zcard(queue) == 0 and await reminders.scheduled(tenant) == []
+    assert not await redis.exists(*(keys.job(r.job_id) for r in made))
+
+
 async def test_worker_registers_the_reminder_job() -> None:
     settings = Settings.model_validate({
         "redis_url": "redis://127.0.0.1:6379/0",
